@@ -1,0 +1,206 @@
+"""Attention modules: one class per score function, chosen by name through a registry.
+
+The contract every module follows (shapes use B = batch, T = query steps, S = source length):
+
+* ``precompute(keys, values)`` runs once per batch, before decoding, and returns the keys and
+  values in the form ``forward`` wants them (e.g. ``W2·h`` for Bahdanau). Default: unchanged.
+* ``forward(query, keys, values, mask)`` takes ``query [B, T, query_size]`` (``T = 1`` for a
+  single decoder step, ``T = tgt_len`` for the loop-free teacher-forced path), precomputed
+  ``keys``/``values [B, S, *]`` and ``mask [B, S]`` (True on real source tokens). It returns
+  ``context [B, T, context_size]`` and ``weights [B, T, S]``: rows sum to 1 and are exactly zero
+  on padded positions.
+* ``uses_previous_state``: True when the score uses s(t-1) and the context is fed into the
+  LSTM input (Bahdanau); False when it uses s(t), computed after the LSTM step (Luong).
+
+A new score function is one subclass plus ``@register("name")``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+ATTENTIONS: dict[str, type["Attention"]] = {}
+
+
+def register(name: str) -> Callable[[type["Attention"]], type["Attention"]]:
+    """Class decorator adding an attention type under ``name`` (its YAML ``model.attention``)."""
+
+    def add(cls: type[Attention]) -> type[Attention]:
+        ATTENTIONS[name] = cls
+        return cls
+
+    return add
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the last axis of ``scores [B, T, S]`` with ``mask [B, S]`` False positions
+    forced to exactly zero weight."""
+    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+class Attention(nn.Module):
+    """Base class; see the module docstring for the contract."""
+
+    uses_previous_state: bool = False
+
+    def __init__(self, query_size: int, key_size: int, **_: int) -> None:
+        super().__init__()
+        self.query_size = query_size
+        self.key_size = key_size
+        self.context_size = key_size
+
+    def precompute(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-batch work on ``keys, values [B, S, key_size]``; default: none."""
+        return keys, values
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        """Unnormalized scores ``[B, T, S]`` for ``query [B, T, Dq]``."""
+        raise NotImplementedError
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor,
+                mask: Tensor) -> tuple[Tensor, Tensor]:
+        weights = masked_softmax(self.score(query, keys), mask)
+        return torch.bmm(weights, values), weights
+
+
+@register("dot")
+class DotAttention(Attention):
+    """Luong dot: score(s, h) = sᵀh. Needs query_size == key_size."""
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(query, keys.transpose(1, 2))
+
+
+@register("scaled_dot")
+class ScaledDotAttention(Attention):
+    """Vaswani scaled dot: score(s, h) = sᵀh / √n, n = key_size."""
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(query, keys.transpose(1, 2)) / math.sqrt(self.key_size)
+
+
+@register("general")
+class GeneralAttention(Attention):
+    """Luong general: score(s, h) = sᵀ W h, with W·h computed once per batch."""
+
+    def __init__(self, query_size: int, key_size: int, **_: int) -> None:
+        super().__init__(query_size, key_size)
+        self.key_proj = nn.Linear(key_size, query_size, bias=False)
+
+    def precompute(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        return self.key_proj(keys), values  # [B, S, Dq]
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(query, keys.transpose(1, 2))
+
+
+@register("bahdanau")
+@register("concat")
+class BahdanauAttention(Attention):
+    """Bahdanau (additive / concat): score(s(t-1), h) = wᵀ tanh(W₁ s(t-1) + W₂ h).
+
+    W₂h is computed once per batch in :meth:`precompute`; the decoder scores with its previous
+    state and feeds the context into the LSTM input.
+    """
+
+    uses_previous_state = True
+
+    def __init__(self, query_size: int, key_size: int, attention_size: int | None = None,
+                 **_: int) -> None:
+        super().__init__(query_size, key_size)
+        size = attention_size or query_size
+        self.query_proj = nn.Linear(query_size, size, bias=False)
+        self.key_proj = nn.Linear(key_size, size, bias=True)
+        self.energy = nn.Linear(size, 1, bias=False)
+
+    def precompute(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        return self.key_proj(keys), values  # [B, S, A]
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        hidden = torch.tanh(self.query_proj(query).unsqueeze(2) + keys.unsqueeze(1))  # [B,T,S,A]
+        return self.energy(hidden).squeeze(-1)
+
+
+@register("location")
+class LocationAttention(Attention):
+    """Luong location: a(t) = softmax(W s(t)), from the decoder state alone.
+
+    W maps the state to one logit per source position up to ``max_source_length``; positions
+    beyond a sentence's length (padding) are masked and the rest renormalized. Positions past
+    ``max_source_length`` can never be attended to.
+    """
+
+    def __init__(self, query_size: int, key_size: int, max_source_length: int = 128,
+                 **_: int) -> None:
+        super().__init__(query_size, key_size)
+        self.max_source_length = max_source_length
+        self.position_logits = nn.Linear(query_size, max_source_length)
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        src_len = keys.size(1)
+        logits = self.position_logits(query)  # [B, T, max_len]
+        if src_len <= self.max_source_length:
+            return logits[:, :, :src_len]
+        unreachable = logits.new_full((*logits.shape[:2], src_len - self.max_source_length),
+                                      float("-inf"))
+        return torch.cat([logits, unreachable], dim=-1)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor,
+                mask: Tensor) -> tuple[Tensor, Tensor]:
+        if keys.size(1) > self.max_source_length:
+            mask = mask.clone()
+            mask[:, self.max_source_length:] = False
+        return super().forward(query, keys, values, mask)
+
+
+@register("multihead")
+class MultiHeadAttention(Attention):
+    """Multi-head scaled dot-product attention (Vaswani et al.).
+
+    headᵢ = softmax((s Wᵢ^Q)(H Wᵢ^K)ᵀ / √d_h) H Wᵢ^V with d_h = d / num_heads and d = query_size;
+    context = [head₁; …; head_k] W^O, of size d. Keys and values are projected once per batch.
+    The returned weights are the mean over heads (still summing to 1) for plotting.
+    """
+
+    def __init__(self, query_size: int, key_size: int, num_heads: int = 1, **_: int) -> None:
+        super().__init__(query_size, key_size)
+        if query_size % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide query_size={query_size}")
+        self.num_heads = num_heads
+        self.head_size = query_size // num_heads
+        self.context_size = query_size
+        self.query_proj = nn.Linear(query_size, query_size, bias=False)
+        self.key_proj = nn.Linear(key_size, query_size, bias=False)
+        self.value_proj = nn.Linear(key_size, query_size, bias=False)
+        self.out_proj = nn.Linear(query_size, query_size, bias=False)
+
+    def _split(self, x: Tensor) -> Tensor:
+        """[B, L, d] -> [B, heads, L, d_h]"""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2)
+
+    def precompute(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        return self._split(self.key_proj(keys)), self._split(self.value_proj(values))
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor,
+                mask: Tensor) -> tuple[Tensor, Tensor]:
+        batch, steps, _ = query.shape
+        q = self._split(self.query_proj(query))                      # [B, h, T, d_h]
+        scores = q @ keys.transpose(2, 3) / math.sqrt(self.head_size)  # [B, h, T, S]
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        heads = weights @ values                                     # [B, h, T, d_h]
+        context = heads.transpose(1, 2).reshape(batch, steps, self.context_size)
+        return self.out_proj(context), weights.mean(dim=1)
+
+
+def build_attention(name: str, query_size: int, key_size: int, **options: int) -> Attention:
+    """Instantiate the attention registered as ``name``."""
+    if name not in ATTENTIONS:
+        raise KeyError(f"unknown attention '{name}'; known: {', '.join(sorted(ATTENTIONS))}")
+    return ATTENTIONS[name](query_size, key_size, **options)

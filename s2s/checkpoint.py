@@ -1,0 +1,86 @@
+"""Self-contained checkpoints: one file with everything needed to translate or resume.
+
+A checkpoint is a dict of tensors and plain Python values only, so it loads with
+``torch.load(weights_only=True)`` and opening one cannot run code. Keys:
+``format``/``format_version``, ``config`` (resolved, plain dict), ``model`` (state dict),
+``tokenizers`` ({"src": bytes, "tgt": bytes}: the SentencePiece models), ``step``, ``epoch``,
+``scores`` (the last validation), and for resuming ``optimizer``, ``scheduler``, ``sampler``,
+``rng``, ``trainer``.
+
+Writes go to ``NAME.tmp``, are flushed and fsynced, then renamed over ``NAME``: a crash at any
+moment leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from s2s.errors import CheckpointError
+
+FORMAT = "s2s-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Atomically write ``state`` (plus the format tag) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The informative line of torch's weights-only error (the rest is generic advice)."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    for line in str(err).splitlines():
+        line = line.strip()
+        if line and not line.startswith(boilerplate):
+            return line.rstrip(".")
+    return "unsupported content"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; any problem is one :class:`CheckpointError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        with warnings.catch_warnings():  # torch warns about old pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if "global" in reason.lower():
+            raise CheckpointError(f"{path}: refused to load: the file references Python objects "
+                                  f"that could run code when unpickled ({reason}); an s2s "
+                                  f"checkpoint holds only tensors and plain values") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, struct.error) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch "
+                              f"file: {type(err).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an s2s checkpoint")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version}; this s2s reads "
+                              f"version {FORMAT_VERSION}")
+    return state

@@ -1,0 +1,135 @@
+"""Command-line entry points (``train.py``, ``evaluate.py``): argument parsing and one call
+into the library. User errors print ``error: <one line>`` and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from s2s.errors import S2SError
+
+
+def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[..., int]:
+    """Turn :class:`S2SError` into one ``error:`` line and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Optional[Sequence[str]] = None) -> int:
+        try:
+            return main(argv)
+        except S2SError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+@reports_errors
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Train an LSTM encoder-decoder with attention.")
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key by its dotted path")
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue from a checkpoint ('auto': last.pt in output_dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output_dir that already holds a run")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                        help="overrides training.device")
+    args = parser.parse_args(argv)
+
+    from s2s.config import load_config
+    from s2s.trainer import TrainingStopped, Trainer
+
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    try:
+        trainer.train()
+    except TrainingStopped as stop:
+        print(str(stop), file=sys.stderr)
+        return 1
+    return 0
+
+
+@reports_errors
+def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Score a checkpoint (BLEU, chrF, exact match) or a hypothesis file.")
+    parser.add_argument("--checkpoint", help="checkpoint to translate with")
+    parser.add_argument("--split", choices=["valid", "val", "test"], default=None,
+                        help="a split of the checkpoint's corpus (default: test)")
+    parser.add_argument("--src", help="source file to translate (with --ref)")
+    parser.add_argument("--ref", help="reference file")
+    parser.add_argument("--hyp", help="score this hypothesis file against --ref, no model")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--output", help="write the translations here, one per line")
+    parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
+    args = parser.parse_args(argv)
+
+    from s2s.corpus import read_lines
+    from s2s.metrics import bleu, chrf, exact_match
+
+    if args.hyp:
+        if not args.ref:
+            raise S2SError("--hyp needs --ref: the references to score against")
+        hyps, refs = read_lines(args.hyp), read_lines(args.ref)
+        speed = None
+    else:
+        if not args.checkpoint:
+            raise S2SError("give --checkpoint (to translate) or --hyp and --ref (to score a file)")
+        hyps, refs, speed = _translate_for_evaluation(args)
+        if args.output:
+            Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    if len(hyps) != len(refs):
+        raise S2SError(f"{len(hyps)} hypotheses but {len(refs)} references; they must align")
+    bleu_score, chrf_score = bleu(hyps, refs), chrf(hyps, refs)
+    result = {"bleu": bleu_score.score, "chrf": chrf_score.score,
+              "exact_match": exact_match(hyps, refs), "sentences": len(hyps)}
+    if speed:
+        result.update(speed)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"BLEU  {bleu_score.score:6.2f}  {bleu_score.signature}")
+    print(f"chrF  {chrf_score.score:6.2f}  {chrf_score.signature}")
+    print(f"exact match  {result['exact_match']:.2f}% of {len(hyps)} sentences")
+    if speed:
+        print(f"decoding  {speed['sentences_per_second']:.1f} sentences/s  "
+              f"{speed['tokens_per_second']:.0f} tokens/s  ({speed['seconds']:.2f} s, greedy)")
+    return 0
+
+
+def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
+    from s2s.corpus import read_lines
+    from s2s.data import read_split
+    from s2s.inference import load_translator
+
+    translator = load_translator(args.checkpoint, args.device)
+    if args.src:
+        if not args.ref:
+            raise S2SError("--src needs --ref: the references to score against")
+        sources, refs = read_lines(args.src), read_lines(args.ref)
+        if len(sources) != len(refs):
+            raise S2SError(f"'{args.src}' has {len(sources)} lines but '{args.ref}' has "
+                           f"{len(refs)}")
+    else:
+        split = {"val": "valid", None: "test"}.get(args.split, args.split)
+        text = read_split(translator.config.data, split)
+        if text is None:
+            raise S2SError(f"the checkpoint's config names no '{split}' split "
+                           f"(data.{split}); use --src and --ref")
+        sources, refs = text.src, text.tgt
+    start = time.perf_counter()
+    hyps = translator.translate(sources, args.batch_size)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(translator.tokenizers.tgt.encode(h)) for h in hyps)
+    return hyps, refs, {"seconds": seconds, "sentences_per_second": len(hyps) / seconds,
+                        "tokens_per_second": tokens / seconds}

@@ -1,0 +1,171 @@
+"""From a ``DataConfig`` to encoded splits and tokenizers: the data side of training.
+
+corpus files (or Multi30k / toy) → SentencePiece (trained on the training split, cached in the
+run directory) → id sequences, filtered by length with the drops counted and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from s2s.config import DataConfig
+from s2s.corpus import (FilterCounts, ParallelText, filter_pairs, find_side, multi30k_prefix,
+                        read_parallel)
+from s2s.errors import DataError
+from s2s.toy import toy_splits
+from s2s.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Tokenizers:
+    src: Tokenizer
+    tgt: Tokenizer
+
+    @property
+    def joint(self) -> bool:
+        return self.src.model_bytes == self.tgt.model_bytes
+
+    def to_checkpoint(self) -> dict[str, bytes]:
+        return {"src": self.src.model_bytes, "tgt": self.tgt.model_bytes}
+
+    @classmethod
+    def from_checkpoint(cls, blob: dict[str, bytes]) -> "Tokenizers":
+        src = Tokenizer(blob["src"])
+        return cls(src, src if blob["tgt"] == blob["src"] else Tokenizer(blob["tgt"]))
+
+
+@dataclass
+class EncodedSplit:
+    """A split after tokenization: ids of the kept pairs and the raw text of all of them."""
+
+    src_ids: list[list[int]]
+    tgt_ids: list[list[int]]
+    raw: ParallelText
+    kept: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+    @property
+    def references(self) -> list[str]:
+        """Raw target sentences of the kept pairs (what BLEU is computed against)."""
+        return [self.raw.tgt[i] for i in self.kept]
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.raw.src[i] for i in self.kept]
+
+
+def read_split(cfg: DataConfig, split: str) -> Optional[ParallelText]:
+    """Raw text of ``split`` (train/valid/test) for the configured corpus; None if not set."""
+    if cfg.corpus == "toy":
+        return toy_splits(cfg.toy_train_size)[split]
+    if cfg.corpus == "multi30k":
+        prefix = multi30k_prefix(split, cfg.root, cfg.src_lang, cfg.tgt_lang)
+    else:
+        prefix = getattr(cfg, split)
+        if prefix is None:
+            return None
+    return read_parallel(find_side(prefix, cfg.src_lang), find_side(prefix, cfg.tgt_lang))
+
+
+def _fingerprint(cfg: DataConfig, text: ParallelText) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(vars(cfg.tokenizer), sort_keys=True).encode())
+    for side in (text.src, text.tgt):
+        digest.update(str(len(side)).encode())
+        for line in side:
+            digest.update(line.encode("utf-8"))
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _train_tokenizer(sentences: list[str], vocab_size: int, cfg: DataConfig) -> Tokenizer:
+    tok = cfg.tokenizer
+    return Tokenizer.train(sentences, vocab_size, tok.model_type, tok.character_coverage,
+                           tok.input_sentence_size)
+
+
+def build_tokenizers(cfg: DataConfig, train: ParallelText,
+                     cache_dir: Optional[Path]) -> Tokenizers:
+    """Train SentencePiece on the training split, or reuse the copy cached in ``cache_dir``
+    when it was trained on the same text with the same settings."""
+    fingerprint = _fingerprint(cfg, train)
+    names = ("joint",) if cfg.tokenizer.joint else ("src", "tgt")
+    if cache_dir is not None:
+        meta = cache_dir / "tokenizer.json"
+        files = [cache_dir / f"spm_{n}.model" for n in names]
+        if meta.is_file() and all(f.is_file() for f in files):
+            if json.loads(meta.read_text()).get("fingerprint") == fingerprint:
+                loaded = [Tokenizer(f.read_bytes()) for f in files]
+                log.info("reusing the SentencePiece model(s) cached in %s", cache_dir)
+                return Tokenizers(loaded[0], loaded[-1])
+    log.info("training SentencePiece (%s) on %d pairs", "joint" if cfg.tokenizer.joint else
+             "separate", len(train))
+    tok = cfg.tokenizer
+    if tok.joint:
+        joint = _train_tokenizer(train.src + train.tgt, tok.vocab_size, cfg)
+        tokenizers = Tokenizers(joint, joint)
+    else:
+        tokenizers = Tokenizers(
+            _train_tokenizer(train.src, tok.src_vocab_size or tok.vocab_size, cfg),
+            _train_tokenizer(train.tgt, tok.tgt_vocab_size or tok.vocab_size, cfg))
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        models = [tokenizers.src] if tok.joint else [tokenizers.src, tokenizers.tgt]
+        for name, model in zip(names, models):
+            (cache_dir / f"spm_{name}.model").write_bytes(model.model_bytes)
+        (cache_dir / "tokenizer.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    return tokenizers
+
+
+def encode_split(text: ParallelText, tokenizers: Tokenizers, max_length: int,
+                 name: str) -> tuple[EncodedSplit, FilterCounts]:
+    src_ids = tokenizers.src.encode_batch(text.src)
+    tgt_ids = tokenizers.tgt.encode_batch(text.tgt)
+    kept, counts = filter_pairs(src_ids, tgt_ids, max_length)
+    if not kept:
+        raise DataError(f"{name} split ({text.src_path}, {text.tgt_path}): all {len(text)} pairs "
+                        f"were filtered out ({counts.describe()}); check the files or raise "
+                        f"data.max_length")
+    split = EncodedSplit([src_ids[i] for i in kept], [tgt_ids[i] for i in kept], text, kept)
+    return split, counts
+
+
+@dataclass
+class Dataset:
+    tokenizers: Tokenizers
+    splits: dict[str, EncodedSplit]
+
+
+def load_dataset(cfg: DataConfig, cache_dir: Optional[Path],
+                 tokenizers: Optional[Tokenizers] = None,
+                 splits: tuple[str, ...] = ("train", "valid")) -> Dataset:
+    """Read, tokenize and filter the requested splits.
+
+    Training pairs over ``max_length`` are dropped; held-out pairs are kept whatever their
+    length (a score must cover the whole set), only empty ones are dropped.
+    """
+    raw = {name: read_split(cfg, name) for name in splits}
+    if tokenizers is None:
+        if raw.get("train") is None:
+            raw["train"] = read_split(cfg, "train")
+        tokenizers = build_tokenizers(cfg, raw["train"], cache_dir)
+    encoded = {}
+    for name in splits:
+        text = raw[name]
+        if text is None:
+            continue
+        limit = cfg.max_length if name == "train" else 10**9
+        encoded[name], counts = encode_split(text, tokenizers, limit, name)
+        log.info("%s: %s", name, counts.describe())
+    return Dataset(tokenizers, encoded)

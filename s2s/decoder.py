@@ -1,0 +1,172 @@
+"""The attentional LSTM decoder.
+
+One step t (B = batch, S = source length, D = decoder hidden size):
+
+* Luong family (``dot``, ``scaled_dot``, ``general``, ``location``, ``multihead``):
+  s(t) = LSTM([E·y(t-1); ṽ(t-1)?], s(t-1)); a(t), α(t) = attention(s(t), h)
+* Bahdanau: a(t), α(t) = attention(s(t-1), h); s(t) = LSTM([E·y(t-1); ṽ(t-1)?; a(t)], s(t-1))
+
+then, for both, the attentional vector ṽ(t) = tanh(W_v [a(t); s(t)]) and the output
+distribution p(y(t)) = softmax(W_o dropout(ṽ(t))). ``ṽ(t-1)?`` is present with input feeding.
+
+When the score uses s(t) and nothing feeds back from step t-1 into step t (Luong attention, no
+input feeding, full teacher forcing), :meth:`Decoder.forward` runs the LSTM over the whole
+target at once and attends for all steps in one batched product — no Python loop over time.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from s2s.attention import Attention
+from s2s.encoder import EncoderOutput
+
+
+class Memory(NamedTuple):
+    """What the decoder attends over: the attention's precomputed ``keys``/``values``
+    (``[B, S, *]``, or ``[B, heads, S, *]`` for multi-head) and ``mask [B, S]`` (True = token)."""
+
+    keys: Tensor
+    values: Tensor
+    mask: Tensor
+
+    def select(self, index: Tensor) -> "Memory":
+        """Rows ``index [B']`` of the batch (beam expansion and reordering)."""
+        return Memory(*(t.index_select(0, index) for t in self))
+
+
+class DecoderState(NamedTuple):
+    """hidden, cell ``[layers, B, D]``; feed ``[B, attentional_size]`` = ṽ(t-1) (``[B, 0]``
+    without input feeding)."""
+
+    hidden: Tensor
+    cell: Tensor
+    feed: Tensor
+
+    def select(self, index: Tensor) -> "DecoderState":
+        return DecoderState(self.hidden.index_select(1, index), self.cell.index_select(1, index),
+                            self.feed.index_select(0, index))
+
+
+class Decoder(nn.Module):
+    """LSTM decoder with a pluggable :class:`~s2s.attention.Attention` module."""
+
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int,
+                 attention: Attention, encoder_size: int, *, dropout: float = 0.0,
+                 hidden_dropout: float = 0.0, input_feeding: bool = False,
+                 attentional_size: int | None = None, init: str = "bridge",
+                 pad_id: int = 0, tied_embeddings: bool = False) -> None:
+        super().__init__()
+        self.attention = attention
+        self.input_feeding = input_feeding
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.attentional_size = attentional_size or hidden_size
+        self.init = init
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        rnn_input = embedding_dim + (self.attentional_size if input_feeding else 0)
+        rnn_input += attention.context_size if attention.uses_previous_state else 0
+        self.rnn = nn.LSTM(rnn_input, hidden_size, num_layers=num_layers, batch_first=True,
+                           dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.hidden_dropout = nn.Dropout(hidden_dropout)
+        self.attentional = nn.Linear(attention.context_size + hidden_size, self.attentional_size)
+        self.output = nn.Linear(self.attentional_size, vocab_size)
+        if tied_embeddings:
+            self.output.weight = self.embedding.weight
+        if init == "bridge":
+            self.bridge_hidden = nn.Linear(encoder_size, hidden_size)
+            self.bridge_cell = nn.Linear(encoder_size, hidden_size)
+
+    # ------------------------------------------------------------------------------- setup
+    def init_state(self, encoded: EncoderOutput) -> DecoderState:
+        """s(0) from the encoder's final states: tanh(W_h h_S), W_c c_S ('bridge'), the states
+        themselves ('last') or zeros; repeated over the decoder's layers."""
+        batch = encoded.states.size(0)
+        if self.init == "bridge":
+            hidden = torch.tanh(self.bridge_hidden(encoded.final_hidden))
+            cell = self.bridge_cell(encoded.final_cell)
+        elif self.init == "last":
+            hidden, cell = encoded.final_hidden, encoded.final_cell
+        else:
+            hidden = cell = encoded.states.new_zeros(batch, self.hidden_size)
+        feed_size = self.attentional_size if self.input_feeding else 0
+        return DecoderState(hidden.unsqueeze(0).repeat(self.num_layers, 1, 1).contiguous(),
+                            cell.unsqueeze(0).repeat(self.num_layers, 1, 1).contiguous(),
+                            encoded.states.new_zeros(batch, feed_size))
+
+    def memory(self, encoded: EncoderOutput, src_mask: Tensor) -> Memory:
+        """Run the attention's once-per-batch precomputation over the encoder states."""
+        keys, values = self.attention.precompute(encoded.states, encoded.states)
+        return Memory(keys, values, src_mask)
+
+    @property
+    def runs_loop_free(self) -> bool:
+        """Whether full teacher forcing can skip the loop over time steps."""
+        return not (self.attention.uses_previous_state or self.input_feeding)
+
+    # -------------------------------------------------------------------------------- steps
+    def step(self, prev_tokens: Tensor, state: DecoderState,
+             memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
+        """One step. prev_tokens ``[B]`` → ṽ(t) ``[B, attentional_size]``, s(t), α(t) ``[B, S]``."""
+        inputs = [self.embedding(prev_tokens)]
+        if self.input_feeding:
+            inputs.append(state.feed)
+        if self.attention.uses_previous_state:
+            context, weights = self.attention(state.hidden[-1].unsqueeze(1), *memory)
+            inputs.append(context.squeeze(1))
+        rnn_input = self.dropout(torch.cat(inputs, dim=-1)).unsqueeze(1)  # [B, 1, I]
+        output, (hidden, cell) = self.rnn(rnn_input, (state.hidden, state.cell))
+        if not self.attention.uses_previous_state:
+            context, weights = self.attention(output, *memory)
+        vector = torch.tanh(self.attentional(torch.cat([context, output], dim=-1))).squeeze(1)
+        feed = vector if self.input_feeding else state.feed
+        return vector, DecoderState(hidden, cell, feed), weights.squeeze(1)
+
+    def forward(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
+                teacher_forcing_ratio: float = 1.0,
+                force_loop: bool = False) -> tuple[Tensor, Tensor]:
+        """Teacher-forced decoding of ``tgt_in [B, T]`` (BOS + target without its last token).
+
+        Returns ṽ(1..T) ``[B, T, attentional_size]`` and α ``[B, T, S]``. With a ratio below
+        1, each sentence's input at step t is the gold token with that probability, else the
+        model's own argmax from step t-1 (scheduled sampling).
+        """
+        if self.runs_loop_free and teacher_forcing_ratio >= 1.0 and not force_loop:
+            return self._forward_parallel(tgt_in, state, memory)
+        return self._forward_loop(tgt_in, state, memory, teacher_forcing_ratio)
+
+    def _forward_parallel(self, tgt_in: Tensor, state: DecoderState,
+                          memory: Memory) -> tuple[Tensor, Tensor]:
+        rnn_input = self.dropout(self.embedding(tgt_in))                  # [B, T, E]
+        outputs, _ = self.rnn(rnn_input, (state.hidden, state.cell))      # [B, T, D]
+        context, weights = self.attention(outputs, *memory)               # [B, T, C], [B, T, S]
+        vectors = torch.tanh(self.attentional(torch.cat([context, outputs], dim=-1)))
+        return vectors, weights
+
+    def _forward_loop(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
+                      teacher_forcing_ratio: float) -> tuple[Tensor, Tensor]:
+        vectors, weights = [], []
+        prev = tgt_in[:, 0]
+        for t in range(tgt_in.size(1)):
+            vector, state, alpha = self.step(prev, state, memory)
+            vectors.append(vector)
+            weights.append(alpha)
+            if t + 1 < tgt_in.size(1):
+                prev = tgt_in[:, t + 1]
+                if teacher_forcing_ratio < 1.0:
+                    prev = self._sample_inputs(prev, vector, teacher_forcing_ratio)
+        return torch.stack(vectors, dim=1), torch.stack(weights, dim=1)
+
+    def _sample_inputs(self, gold: Tensor, vector: Tensor, ratio: float) -> Tensor:
+        with torch.no_grad():
+            predicted = self.output(vector).argmax(dim=-1)
+        use_gold = torch.rand(gold.shape, device=gold.device) < ratio
+        return torch.where(use_gold, gold, predicted)
+
+    def project(self, vectors: Tensor) -> Tensor:
+        """Logits ``[..., V]`` from attentional vectors ``[..., attentional_size]``."""
+        return self.output(self.hidden_dropout(vectors))

@@ -1,0 +1,72 @@
+"""Using a trained model: rebuild it from a checkpoint and translate text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from s2s.checkpoint import load_checkpoint
+from s2s.config import Config, config_from_dict
+from s2s.data import Tokenizers
+from s2s.errors import CheckpointError, ConfigError, DataError
+from s2s.model import Seq2Seq, build_model
+from s2s.search import translate_ids
+from s2s.tokenizer import SPECIAL
+
+
+@dataclass
+class Translator:
+    """A model with its tokenizers and config, ready to translate raw sentences."""
+
+    model: Seq2Seq
+    tokenizers: Tokenizers
+    config: Config
+    device: torch.device
+
+    def translate(self, sentences: Sequence[str], batch_size: int | None = None) -> list[str]:
+        """Detokenized greedy translations; an empty input line gives an empty output line."""
+        ev = self.config.evaluation
+        sources = self.tokenizers.src.encode_batch(list(sentences))
+        outputs = translate_ids(self.model, sources, batch_size or ev.batch_size,
+                                ev.max_output_length, ev.max_output_ratio, self.device)
+        return [self.tokenizers.tgt.decode(ids) if text.strip() else ""
+                for ids, text in zip(outputs, sentences)]
+
+
+def model_from_state(state: dict, device: torch.device, source: str = "checkpoint") -> Translator:
+    """Rebuild config, tokenizers and model from a loaded checkpoint dict."""
+    try:
+        config = config_from_dict(state["config"], f"{source} config")
+        tokenizers = Tokenizers.from_checkpoint(state["tokenizers"])
+        model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt), SPECIAL,
+                            config.data.max_length + 1)
+        model.load_state_dict(state["model"])
+    except KeyError as err:
+        raise CheckpointError(f"{source}: checkpoint lacks the entry {err}") from None
+    except (ConfigError, DataError) as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{source}: weights do not fit the model its config describes "
+                              f"({reason})") from None
+    model.to(device).eval()
+    return Translator(model, tokenizers, config, device)
+
+
+def load_translator(path: str | Path, device: str = "auto") -> Translator:
+    """Everything needed to translate, from one checkpoint file."""
+    resolved = resolve_device(device)
+    return model_from_state(load_checkpoint(path, map_location="cpu"), resolved, str(path))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device; "
+                          "use 'auto' or 'cpu'")
+    return torch.device(name)

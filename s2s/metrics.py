@@ -1,0 +1,37 @@
+"""Translation metrics from sacrebleu on detokenized text, plus exact match."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import sacrebleu
+
+
+class Score(NamedTuple):
+    """A corpus score with sacrebleu's reproducibility signature."""
+
+    name: str
+    score: float
+    signature: str
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenization, mixed case, exp smoothing)."""
+    metric = sacrebleu.BLEU()
+    result = metric.corpus_score(list(hypotheses), [list(references)])
+    return Score("BLEU", result.score, str(metric.get_signature()))
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
+    """Corpus chrF (character n-gram F-score, β = 2)."""
+    metric = sacrebleu.CHRF()
+    result = metric.corpus_score(list(hypotheses), [list(references)])
+    return Score("chrF", result.score, str(metric.get_signature()))
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Percentage of hypotheses identical to their reference (surrounding space ignored)."""
+    if not references:
+        return 0.0
+    same = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references))
+    return 100.0 * same / len(references)

@@ -1,0 +1,418 @@
+"""The training loop: updates, validation, early stopping, checkpoints, interruption.
+
+Per update: ``accumulate_steps`` token-budget batches → teacher-forced loss over real tokens →
+backward → clip → optimizer step (skipped when the loss is not finite). Every
+``validate_every`` updates: validation loss, perplexity, greedy BLEU and exact match, one JSON
+line in ``metrics.jsonl``, the scheduler and early-stopping bookkeeping, ``best.pt`` when the
+chosen metric improved and ``last.pt`` always.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from s2s.batching import Batch, TokenBatchSampler, collate, sentence_batches
+from s2s.checkpoint import load_checkpoint, save_checkpoint
+from s2s.config import Config, config_from_dict, save_config
+from s2s.data import Dataset, EncodedSplit, Tokenizers, load_dataset
+from s2s.errors import CheckpointError, S2SError
+from s2s.inference import resolve_device
+from s2s.metrics import bleu, exact_match
+from s2s.model import Seq2Seq, build_model, count_parameters
+from s2s.search import perplexity, translate_ids
+from s2s.tokenizer import SPECIAL
+
+log = logging.getLogger("s2s")
+
+LOWER_IS_BETTER = {"val_loss", "ppl"}
+
+
+class TrainingStopped(S2SError):
+    """Training ended early on purpose (interrupt, repeated non-finite losses)."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    best_score: Optional[float] = None
+    best_step: int = 0
+    bad_validations: int = 0
+    bad_steps: int = 0
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def setup_logging(output_dir: Optional[Path] = None) -> None:
+    """Console logging through tqdm (so bars stay intact) and a ``train.log`` file."""
+    logger = logging.getLogger("s2s")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    logger.propagate = False
+
+    class TqdmHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=sys.stderr)
+
+    console = TqdmHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path} (checkpoint: {a!r}, now: {b!r})"
+
+
+class Trainer:
+    """Owns the model, optimizer, scheduler and data order of one training run."""
+
+    def __init__(self, config: Config, resume: Optional[str] = None, overwrite: bool = False,
+                 device: Optional[str] = None) -> None:
+        self.config = config
+        self.cfg = config.training
+        self.output_dir = Path(self.cfg.output_dir)
+        checkpoint = self._checkpoint_to_resume(resume, overwrite)
+        setup_logging(self.output_dir)
+        self.device = resolve_device(device or self.cfg.device)
+        if self.cfg.num_threads:
+            torch.set_num_threads(self.cfg.num_threads)
+        random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        tokenizers = (Tokenizers.from_checkpoint(checkpoint["tokenizers"])
+                      if checkpoint else None)
+        self.data: Dataset = load_dataset(config.data, self.output_dir / "tokenizer",
+                                          tokenizers, ("train", "valid"))
+        self.train_split = self.data.splits["train"]
+        self.valid_split = self.data.splits.get("valid")
+        self.model: Seq2Seq = build_model(config.model, len(self.data.tokenizers.src),
+                                          len(self.data.tokenizers.tgt), SPECIAL,
+                                          config.data.max_length + 1).to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = self._make_scheduler()
+        self.sampler = TokenBatchSampler([len(s) for s in self.train_split.src_ids],
+                                         [len(t) for t in self.train_split.tgt_ids],
+                                         config.data.batch_tokens, seed=self.cfg.seed)
+        self.state = TrainState()
+        self.step_losses: list[float] = []  # loss per target token of each update in this process
+        self.step_records: list[tuple[float, int]] = []  # (perf_counter at the end, tgt tokens)
+        self._interrupted: Optional[str] = None
+        if checkpoint:
+            self._restore(checkpoint)
+        save_config(config, self.output_dir / "config.yaml")
+
+    # ------------------------------------------------------------------------------- setup
+    def _checkpoint_to_resume(self, resume: Optional[str],
+                              overwrite: bool) -> Optional[dict[str, Any]]:
+        if resume is None:
+            if (self.output_dir / "last.pt").exists() and not overwrite:
+                raise S2SError(f"output directory '{self.output_dir}' already holds a run "
+                               f"(last.pt); continue it with --resume auto, or pass --overwrite "
+                               f"to start afresh")
+            if overwrite:
+                for name in ("last.pt", "best.pt", "metrics.jsonl"):
+                    (self.output_dir / name).unlink(missing_ok=True)
+                for old in self.output_dir.glob("step_*.pt"):
+                    old.unlink()
+            return None
+        path = self.output_dir / "last.pt" if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.exists():
+            raise CheckpointError(f"--resume auto: no last.pt in '{self.output_dir}' to resume")
+        checkpoint = load_checkpoint(path)
+        if "optimizer" not in checkpoint:
+            raise CheckpointError(f"{path}: holds weights only, no training state to resume")
+        saved = config_from_dict(checkpoint["config"], f"{path} config").to_dict()
+        now = self.config.to_dict()
+        for section in ("data", "model"):
+            diff = _first_difference(saved[section], now[section], section)
+            if diff:
+                raise CheckpointError(f"{path}: the config disagrees with the checkpoint at "
+                                      f"{diff}; a resumed run must keep the data and model")
+        return checkpoint
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        return cls(self.model.parameters(), lr=self.cfg.learning_rate,
+                   betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+
+    def _make_scheduler(self) -> Any:
+        sched = self.cfg.scheduler
+        if sched.type == "plateau":
+            mode = "min" if self.cfg.early_stopping.metric in LOWER_IS_BETTER else "max"
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode=mode, factor=sched.factor, patience=sched.patience,
+                min_lr=sched.min_lr)
+        if sched.type == "warmup_inverse_sqrt":
+            warmup = sched.warmup_steps
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: min((s + 1) / warmup, math.sqrt(warmup / (s + 1))))
+        return None
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None and checkpoint.get("scheduler"):
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.sampler.load_state_dict(checkpoint["sampler"])
+        self.state = TrainState(**checkpoint["trainer"])
+        self.state.finished = False  # a resumed run goes on until its (possibly new) budget
+        set_rng_state(checkpoint["rng"])
+        log.info("resumed from step %d (epoch %d)", self.state.step, self.state.epoch + 1)
+
+    # ---------------------------------------------------------------------------- batches
+    def _batches(self) -> Iterator[list[int]]:
+        """Training batches forever (epoch after epoch), tracking the epoch counter."""
+        while True:
+            for indices in self.sampler:
+                yield indices
+            self.state.epoch = self.sampler.epoch
+            if self.cfg.max_epochs and self.state.epoch >= self.cfg.max_epochs:
+                return
+
+    def _collate(self, indices: list[int], split: EncodedSplit) -> Batch:
+        return collate([split.src_ids[i] for i in indices], [split.tgt_ids[i] for i in indices],
+                       indices).to(self.device)
+
+    # ------------------------------------------------------------------------------ update
+    def _update(self, group: list[list[int]]) -> tuple[float, int]:
+        """One optimizer update over ``group`` (accumulated batches); returns (summed loss,
+        real target tokens). Non-finite losses skip the update."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss, total_tokens, finite = 0.0, 0, True
+        for indices in group:
+            batch = self._collate(indices, self.train_split)
+            out = self.model(batch, self.cfg.teacher_forcing_ratio, self.cfg.label_smoothing)
+            norm = out.tokens if self.cfg.normalization == "tokens" else batch.size
+            (out.loss / (norm * len(group))).backward()
+            loss_value = float(out.loss.detach())
+            finite = finite and math.isfinite(loss_value)
+            total_loss += loss_value
+            total_tokens += out.tokens
+        if finite and self.cfg.clip_grad_norm > 0:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            finite = bool(torch.isfinite(norm))
+        if not finite:
+            self.state.bad_steps += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
+                        self.state.step + 1, self.state.bad_steps)
+            if self.state.bad_steps >= self.cfg.max_bad_steps:
+                raise TrainingStopped(f"training stopped: {self.state.bad_steps} updates in a row "
+                                      f"had a non-finite loss; the last good checkpoint is in "
+                                      f"'{self.output_dir}'. Lower training.learning_rate or "
+                                      f"check the data")
+            return total_loss, total_tokens
+        self.state.bad_steps = 0
+        self.optimizer.step()
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.step()
+        return total_loss, total_tokens
+
+    # -------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Loss and perplexity (teacher forced) and greedy BLEU / exact match on ``valid``."""
+        split = self.valid_split
+        self.model.eval()
+        nll, tokens = 0.0, 0
+        for indices in sentence_batches([len(s) for s in split.src_ids],
+                                        self.config.data.valid_batch_size):
+            out = self.model(self._collate(indices, split))
+            nll += float(out.nll)
+            tokens += out.tokens
+        ev = self.config.evaluation
+        hyp_ids = translate_ids(self.model, split.src_ids, self.config.data.valid_batch_size,
+                                ev.max_output_length, ev.max_output_ratio, self.device)
+        hyps = [self.data.tokenizers.tgt.decode(ids) for ids in hyp_ids]
+        refs = split.references
+        self.model.train()
+        return {"step": self.state.step, "epoch": self.state.epoch + 1,
+                "val_loss": nll / max(tokens, 1), "ppl": perplexity(nll, tokens),
+                "bleu": bleu(hyps, refs).score, "exact_match": exact_match(hyps, refs),
+                "lr": self.optimizer.param_groups[0]["lr"], "example": hyps[0] if hyps else ""}
+
+    def _after_validation(self, scores: dict[str, Any]) -> bool:
+        """Record scores, save checkpoints, step the scheduler; True to stop early."""
+        es = self.cfg.early_stopping
+        value = scores[es.metric]
+        sign = -1.0 if es.metric in LOWER_IS_BETTER else 1.0
+        improved = (self.state.best_score is None
+                    or sign * (value - self.state.best_score) > es.min_delta)
+        if improved:
+            self.state.best_score, self.state.best_step = value, self.state.step
+            self.state.bad_validations = 0
+        else:
+            self.state.bad_validations += 1
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
+        scores = {**scores, "best_" + es.metric: self.state.best_score}
+        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(scores) + "\n")
+        log.info("validation step %d: loss %.3f  ppl %.2f  bleu %.2f  exact %.1f%%  lr %.2e%s",
+                 scores["step"], scores["val_loss"], scores["ppl"], scores["bleu"],
+                 scores["exact_match"], scores["lr"], "  *best*" if improved else "")
+        stop = self.state.bad_validations >= es.patience
+        if stop:
+            self.state.finished = True
+        self.save("last.pt", scores)
+        if improved:
+            self.save("best.pt", scores)
+        self._save_numbered(scores)
+        if stop:
+            log.info("early stopping: %s did not improve for %d validations (best %.3f at "
+                     "step %d)", es.metric, es.patience, self.state.best_score,
+                     self.state.best_step)
+        return stop
+
+    # ---------------------------------------------------------------------------- saving
+    def checkpoint_state(self, scores: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(), "model": self.model.state_dict(),
+            "tokenizers": self.data.tokenizers.to_checkpoint(),
+            "step": self.state.step, "epoch": self.state.epoch, "scores": scores or {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "sampler": self.sampler.state_dict(), "rng": rng_state(),
+            "trainer": self.state.to_dict(),
+        }
+
+    def save(self, name: str, scores: Optional[dict[str, Any]] = None) -> Path:
+        path = self.output_dir / name
+        save_checkpoint(self.checkpoint_state(scores), path)
+        return path
+
+    def _save_numbered(self, scores: dict[str, Any]) -> None:
+        keep = self.cfg.keep_checkpoints
+        if keep <= 0:
+            return
+        self.save(f"step_{self.state.step}.pt", scores)
+        numbered = sorted(self.output_dir.glob("step_*.pt"),
+                          key=lambda p: int(p.stem.split("_")[1]))
+        for old in numbered[:-keep]:
+            old.unlink()
+
+    # ------------------------------------------------------------------------------- loop
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._interrupted = signal.Signals(signum).name
+        log.info("%s received: finishing the current step, then saving last.pt",
+                 self._interrupted)
+
+    def _done(self) -> bool:
+        return bool(self.cfg.max_steps) and self.state.step >= self.cfg.max_steps
+
+    def train(self) -> dict[str, Any]:
+        """Run until the step/epoch budget, early stopping or an interrupt."""
+        log.info("model: %s attention, %s parameters, device %s; %d training pairs, "
+                 "%d batches per epoch", self.config.model.attention,
+                 f"{count_parameters(self.model):,}", self.device, len(self.train_split),
+                 len(self.sampler))
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=self.cfg.max_steps or None, initial=self.state.step, unit="step",
+                   disable=not self.cfg.progress_bar, dynamic_ncols=True, file=sys.stderr,
+                   mininterval=0.2 if interactive else 30.0)
+        window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
+        run_tokens, run_start = 0, time.perf_counter()
+        last_scores: dict[str, Any] = {}
+        batches = self._batches()
+        while not self._done() and not self.state.finished:
+            group = [b for _, b in zip(range(self.cfg.accumulate_steps), batches)]
+            if not group:
+                self.state.finished = True
+                break
+            loss, tokens = self._update(group)
+            self.state.step += 1
+            self.step_losses.append(loss / max(tokens, 1))
+            self.step_records.append((time.perf_counter(), tokens))
+            window_tokens += tokens
+            run_tokens += tokens
+            window_loss += loss
+            elapsed = time.perf_counter() - window_start
+            if self.state.step % self.cfg.log_every == 0 or self._done():
+                rate = window_tokens / max(elapsed, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{window_loss / max(window_tokens, 1):.3f}",
+                                tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}", refresh=False)
+                if not self.cfg.progress_bar:
+                    log.info("step %d  epoch %d  loss/token %.3f  %.0f tgt tok/s  lr %.2e",
+                             self.state.step, self.state.epoch + 1,
+                             window_loss / max(window_tokens, 1), rate, lr)
+                window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
+            bar.update(1)
+            if self.state.step % self.cfg.validate_every == 0 and self.valid_split is not None:
+                last_scores = self.validate()
+                if self._after_validation(last_scores):
+                    break
+            if self._interrupted:
+                self.save("last.pt", last_scores)
+                bar.close()
+                raise TrainingStopped(
+                    f"interrupted by {self._interrupted} at step {self.state.step}; last.pt saved "
+                    f"in '{self.output_dir}'. Continue with: python train.py --config "
+                    f"{self.output_dir / 'config.yaml'} --resume auto")
+        bar.close()
+        self.state.finished = True
+        if self.valid_split is not None and (not last_scores
+                                             or last_scores["step"] != self.state.step):
+            last_scores = self.validate()
+            self._after_validation(last_scores)
+        else:
+            self.save("last.pt", last_scores)
+        seconds = time.perf_counter() - run_start
+        log.info("done: %d steps, %.0f target tokens/s overall; best %s %.3f at step %d; "
+                 "checkpoints in %s", self.state.step, run_tokens / max(seconds, 1e-9),
+                 self.cfg.early_stopping.metric, self.state.best_score or 0.0,
+                 self.state.best_step, self.output_dir)
+        return {"scores": last_scores, "best_score": self.state.best_score,
+                "best_step": self.state.best_step, "steps": self.state.step,
+                "tokens_per_second": run_tokens / max(seconds, 1e-9)}

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny model factory and a padded toy batch."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from s2s.batching import collate  # noqa: E402
+from s2s.config import ModelConfig  # noqa: E402
+from s2s.model import build_model  # noqa: E402
+from s2s.tokenizer import SPECIAL  # noqa: E402
+
+ATTENTION_NAMES = ["dot", "scaled_dot", "general", "bahdanau", "location", "multihead"]
+SHARED_MIRROR = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+def tiny_model_config(attention: str, input_feeding: bool = False, dropout: float = 0.0,
+                      num_layers: int = 1, init: str = "bridge") -> ModelConfig:
+    cfg = ModelConfig(attention=attention, embedding_dim=12, num_heads=2)
+    cfg.encoder.hidden_size = 8
+    cfg.encoder.num_layers = num_layers
+    cfg.encoder.dropout = dropout
+    cfg.decoder.hidden_size = 16
+    cfg.decoder.num_layers = num_layers
+    cfg.decoder.dropout = dropout
+    cfg.decoder.hidden_dropout = dropout
+    cfg.decoder.input_feeding = input_feeding
+    cfg.decoder.init = init
+    return cfg
+
+
+def tiny_model(attention: str, vocab: int = 20, seed: int = 0, **options):
+    torch.manual_seed(seed)
+    return build_model(tiny_model_config(attention, **options), vocab, vocab, SPECIAL, 16)
+
+
+def random_batch(seed: int = 0, vocab: int = 20, lengths=((5, 4), (2, 6), (7, 1), (3, 3))):
+    """A batch whose sentences have different lengths on both sides (so there is padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    first = SPECIAL.eos + 1
+    src = [torch.randint(first, vocab, (s,), generator=gen).tolist() for s, _ in lengths]
+    tgt = [torch.randint(first, vocab, (t,), generator=gen).tolist() for _, t in lengths]
+    return collate(src, tgt, list(range(len(lengths))))
+
+
+@pytest.fixture
+def shared_mirror(monkeypatch):
+    """Point S2S_DATA_MIRROR at the local Multi30k copy, or skip."""
+    mirror = os.environ.get("S2S_DATA_MIRROR") or (str(SHARED_MIRROR)
+                                                   if SHARED_MIRROR.is_dir() else None)
+    if not mirror:
+        pytest.skip("no Multi30k mirror: S2S_DATA_MIRROR is unset and ../shared/data/multi30k "
+                    "does not exist (the network is not used in tests)")
+    monkeypatch.setenv("S2S_DATA_MIRROR", mirror)
+    return mirror

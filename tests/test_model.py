@@ -1,0 +1,151 @@
+"""Encoder, decoder and the whole model: shapes, padding, equivalent paths, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from s2s.batching import collate
+from s2s.model import build_model
+from s2s.tokenizer import SPECIAL
+from tests.conftest import ATTENTION_NAMES, random_batch, tiny_model, tiny_model_config
+
+LUONG = [name for name in ATTENTION_NAMES if name != "bahdanau"]
+
+
+def test_encoder_states_do_not_depend_on_padding():
+    model = tiny_model("general", num_layers=2).eval()
+    sentence = [5, 6, 7, 8]
+    alone = collate([sentence], None, [0])
+    padded = collate([sentence, list(range(4, 14))], None, [0, 1])
+    out_alone = model.encoder(alone.src, alone.src_lengths)
+    out_padded = model.encoder(padded.src, padded.src_lengths)
+    length = alone.src.size(1)
+    torch.testing.assert_close(out_padded.states[0, :length], out_alone.states[0])
+    assert torch.all(out_padded.states[0, length:] == 0)
+    torch.testing.assert_close(out_padded.final_hidden[0], out_alone.final_hidden[0])
+    torch.testing.assert_close(out_padded.final_cell[0], out_alone.final_cell[0])
+
+
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+def test_decoder_output_shapes(name):
+    model = tiny_model(name).eval()
+    batch = random_batch()
+    memory, state = model.encode(batch.src, batch.src_lengths)
+    vectors, weights = model.decoder(batch.tgt_in, state, memory)
+    assert vectors.shape == (batch.size, batch.tgt_in.size(1), model.decoder.attentional_size)
+    assert weights.shape == (batch.size, batch.tgt_in.size(1), batch.src.size(1))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
+    assert torch.all(weights.masked_select((batch.src == SPECIAL.pad)[:, None, :].expand_as(
+        weights)) == 0)
+    log_probs, state, alpha = model.step(batch.tgt_in[:, 0], state, memory)
+    assert log_probs.shape == (batch.size, 20) and alpha.shape == (batch.size, batch.src.size(1))
+
+
+@pytest.mark.parametrize("name", LUONG)
+def test_loop_free_path_equals_step_by_step(name):
+    """Full teacher forcing without input feeding: same loss and gradients either way."""
+    model = tiny_model(name, num_layers=2)
+    assert model.decoder.runs_loop_free
+    batch = random_batch(seed=3)
+    model.eval()  # no dropout, so both paths see identical inputs
+    fast = model(batch)
+    fast.loss.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    slow = model(batch, force_loop=True)
+    slow.loss.backward()
+    torch.testing.assert_close(fast.loss, slow.loss)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fast_grads[n], p.grad, msg=n)
+
+
+def test_input_feeding_and_bahdanau_take_the_loop():
+    assert not tiny_model("general", input_feeding=True).decoder.runs_loop_free
+    assert not tiny_model("bahdanau").decoder.runs_loop_free
+
+
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_gradients_reach_every_parameter(name, input_feeding):
+    model = tiny_model(name, input_feeding=input_feeding, dropout=0.1)
+    model.train()
+    out = model(random_batch(seed=1), label_smoothing=0.1)
+    out.loss.backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, pname
+
+
+def test_loss_counts_only_real_tokens():
+    model = tiny_model("general").eval()
+    batch = random_batch()
+    out = model(batch)
+    assert out.tokens == int((batch.tgt_out != SPECIAL.pad).sum()) == sum(t + 1 for t in (4, 6, 1, 3))
+    # the same sentences one at a time give the same summed loss
+    total = 0.0
+    for i in range(batch.size):
+        src = batch.src[i, :batch.src_lengths[i] - 1].tolist()
+        tgt = batch.tgt_out[i][batch.tgt_mask[i]][:-1].tolist()
+        total += float(model(collate([src], [tgt], [0])).loss.detach())
+    assert float(out.loss.detach()) == pytest.approx(total, rel=1e-5)
+
+
+def test_scheduled_sampling_runs_and_differs_from_teacher_forcing():
+    model = tiny_model("general")
+    model.train()
+    batch = random_batch(seed=2)
+    torch.manual_seed(0)
+    forced = model(batch, teacher_forcing_ratio=1.0)
+    torch.manual_seed(0)
+    sampled = model(batch, teacher_forcing_ratio=0.0)
+    sampled.loss.backward()
+    assert not torch.isclose(forced.loss, sampled.loss)
+    assert model.encoder.embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("init", ["bridge", "last", "zeros"])
+def test_decoder_initial_state(init):
+    cfg = tiny_model_config("general", init=init)
+    cfg.encoder.hidden_size = 8
+    cfg.decoder.hidden_size = 16  # 2 × 8, so 'last' fits
+    model = build_model(cfg, 20, 20, SPECIAL, 16).eval()
+    batch = random_batch()
+    encoded = model.encoder(batch.src, batch.src_lengths)
+    state = model.decoder.init_state(encoded)
+    assert state.hidden.shape == (1, batch.size, 16)
+    if init == "last":
+        torch.testing.assert_close(state.hidden[0], encoded.final_hidden)
+    if init == "zeros":
+        assert torch.all(state.hidden == 0) and torch.all(state.cell == 0)
+
+
+def test_tied_embeddings_share_one_matrix():
+    cfg = tiny_model_config("general")
+    cfg.tied_embeddings = True
+    cfg.embedding_dim = 16
+    model = build_model(cfg, 20, 20, SPECIAL, 16)
+    assert model.decoder.output.weight is model.decoder.embedding.weight
+
+
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+def test_tiny_model_overfits_a_handful_of_pairs(name):
+    """Six reversal pairs are memorized: loss near zero, greedy output exact."""
+    from s2s.search import greedy_search
+
+    torch.manual_seed(0)
+    pairs = [([5, 6, 7], [7, 6, 5]), ([8, 9, 10, 11], [11, 10, 9, 8]), ([12, 5], [5, 12]),
+             ([6, 6, 13], [13, 6, 6]), ([14, 15, 16, 17, 18], [18, 17, 16, 15, 14]),
+             ([9, 19], [19, 9])]
+    batch = collate([p[0] for p in pairs], [p[1] for p in pairs], list(range(len(pairs))))
+    model = tiny_model(name, input_feeding=(name == "general"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(300):
+        optimizer.zero_grad()
+        out = model(batch)
+        (out.loss / out.tokens).backward()
+        optimizer.step()
+    assert float(out.loss.detach()) / out.tokens < 0.05
+    model.eval()
+    hyps, _ = greedy_search(model, batch.src, batch.src_lengths, torch.full((len(pairs),), 8))
+    assert hyps == [p[1] for p in pairs]
