@@ -68,6 +68,9 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--src", help="source file to translate (with --ref)")
     parser.add_argument("--ref", help="reference file")
     parser.add_argument("--hyp", help="score this hypothesis file against --ref, no model")
+    parser.add_argument("--beam", type=int, default=None,
+                        help="beam size (default: evaluation.beam_size of the checkpoint's "
+                             "config); 1 = greedy")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--output", help="write the translations here, one per line")
@@ -102,8 +105,10 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"chrF  {chrf_score.score:6.2f}  {chrf_score.signature}")
     print(f"exact match  {result['exact_match']:.2f}% of {len(hyps)} sentences")
     if speed:
+        mode = "greedy" if speed["beam"] == 1 else f"beam {speed['beam']}"
         print(f"decoding  {speed['sentences_per_second']:.1f} sentences/s  "
-              f"{speed['tokens_per_second']:.0f} tokens/s  ({speed['seconds']:.2f} s, greedy)")
+              f"{speed['tokens_per_second']:.0f} tokens/s  ({speed['seconds']:.2f} s, {mode}, "
+              f"{speed['device']})")
     return 0
 
 
@@ -127,9 +132,63 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
             raise S2SError(f"the checkpoint's config names no '{split}' split "
                            f"(data.{split}); use --src and --ref")
         sources, refs = text.src, text.tgt
+    beam = args.beam or translator.config.evaluation.beam_size
+    if beam < 1:
+        raise S2SError(f"--beam must be at least 1, got {beam}")
     start = time.perf_counter()
-    hyps = translator.translate(sources, args.batch_size)
+    results = translator.translate_nbest(sources, beam, 1, args.batch_size)
     seconds = time.perf_counter() - start
-    tokens = sum(len(translator.tokenizers.tgt.encode(h)) for h in hyps)
+    hyps = [nbest[0][0] for nbest in results]
+    tokens = sum(len(nbest[0][1].tokens) for nbest in results)
     return hyps, refs, {"seconds": seconds, "sentences_per_second": len(hyps) / seconds,
-                        "tokens_per_second": tokens / seconds}
+                        "tokens_per_second": tokens / seconds, "beam": beam,
+                        "device": str(translator.device)}
+
+
+@reports_errors
+def translate_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Translate text with a checkpoint: one line in, one line out.")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--input", help="file to translate (default: standard input)")
+    parser.add_argument("--beam", type=int, default=None,
+                        help="beam size (default: evaluation.beam_size from the checkpoint)")
+    parser.add_argument("--nbest", type=int, default=1,
+                        help="print the K best translations per line as 'K-index<TAB>score<TAB>"
+                             "text' (K lines per input line)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    args = parser.parse_args(argv)
+    if args.nbest < 1 or (args.beam is not None and args.beam < 1):
+        raise S2SError("--beam and --nbest must be at least 1")
+
+    from s2s.corpus import read_lines
+    from s2s.inference import load_translator
+
+    translator = load_translator(args.checkpoint, args.device)
+    beam = max(args.beam or translator.config.evaluation.beam_size, args.nbest)
+
+    def emit(lines: list[str]) -> None:
+        for nbest in translator.translate_nbest(lines, beam, args.nbest, args.batch_size):
+            for rank, (text, hyp) in enumerate(nbest):
+                print(text if args.nbest == 1 else f"{rank}\t{hyp.score:.4f}\t{text}")
+            for rank in range(len(nbest), args.nbest):  # keep K lines per input line
+                print("" if args.nbest == 1 else f"{rank}\t-inf\t")
+        sys.stdout.flush()
+
+    if args.input:
+        emit(read_lines(args.input, allow_empty=True))
+        return 0
+    interactive = sys.stdin.isatty()
+    chunk: list[str] = []
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            chunk.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise S2SError(f"standard input, line {number}: not valid UTF-8") from None
+        if interactive or len(chunk) >= (args.batch_size or 64):
+            emit(chunk)
+            chunk = []
+    if chunk:
+        emit(chunk)
+    return 0

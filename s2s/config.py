@@ -149,6 +149,7 @@ class TrainingConfig:
     keep_checkpoints: int = _num(1, 0)
     max_bad_steps: int = _num(5, 1)
     progress_bar: bool = True
+    plot_attention: int = _num(0, 0, doc="validation sentences drawn as heatmaps per validation")
     scheduler: SchedulerConfig = _sub(SchedulerConfig)
     early_stopping: EarlyStoppingConfig = _sub(EarlyStoppingConfig)
 

@@ -47,7 +47,7 @@ class ParallelText:
         return len(self.src)
 
 
-def read_lines(path: str | Path) -> list[str]:
+def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
     """All lines of a UTF-8 text file (``.gz`` decompressed), stripped of surrounding space."""
     path = Path(path)
     if not path.is_file():
@@ -65,7 +65,7 @@ def read_lines(path: str | Path) -> list[str]:
                                     ) from None
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read the file ({err})") from None
-    if not lines:
+    if not lines and not allow_empty:
         raise DataError(f"data file '{path}' is empty")
     return lines
 

@@ -13,7 +13,7 @@ from s2s.config import Config, config_from_dict
 from s2s.data import Tokenizers
 from s2s.errors import CheckpointError, ConfigError, DataError
 from s2s.model import Seq2Seq, build_model
-from s2s.search import translate_ids
+from s2s.search import Hypothesis, search
 from s2s.tokenizer import SPECIAL
 
 
@@ -26,14 +26,34 @@ class Translator:
     config: Config
     device: torch.device
 
-    def translate(self, sentences: Sequence[str], batch_size: int | None = None) -> list[str]:
-        """Detokenized greedy translations; an empty input line gives an empty output line."""
+    def translate(self, sentences: Sequence[str], beam_size: int = 1,
+                  batch_size: int | None = None) -> list[str]:
+        """Detokenized best translations; an empty input line gives an empty output line."""
+        return [nbest[0][0] for nbest in self.translate_nbest(sentences, beam_size, 1,
+                                                               batch_size)]
+
+    def translate_nbest(self, sentences: Sequence[str], beam_size: int = 1, n_best: int = 1,
+                        batch_size: int | None = None,
+                        keep_attention: bool = False) -> list[list[tuple[str, Hypothesis]]]:
+        """For each sentence, ``n_best`` (text, hypothesis) pairs, best first."""
         ev = self.config.evaluation
-        sources = self.tokenizers.src.encode_batch(list(sentences))
-        outputs = translate_ids(self.model, sources, batch_size or ev.batch_size,
-                                ev.max_output_length, ev.max_output_ratio, self.device)
-        return [self.tokenizers.tgt.decode(ids) if text.strip() else ""
-                for ids, text in zip(outputs, sentences)]
+        sources = self.tokenizers.src.encode_batch([clean_input(s) for s in sentences])
+        results = search(self.model, sources, batch_size or ev.batch_size,
+                         ev.max_output_length, ev.max_output_ratio, self.device,
+                         beam_size=max(beam_size, n_best), alpha=ev.length_penalty,
+                         n_best=n_best, keep_attention=keep_attention)
+        out = []
+        for text, hyps in zip(sentences, results):
+            if not text.strip():
+                out.append([("", Hypothesis([], 0.0, 0.0))])
+            else:
+                out.append([(self.tokenizers.tgt.decode(h.tokens), h) for h in hyps])
+        return out
+
+
+def clean_input(text: str) -> str:
+    """Control characters become spaces (SentencePiece would keep them as unknown pieces)."""
+    return "".join(" " if (ord(c) < 32 or 127 <= ord(c) < 160) else c for c in text).strip()
 
 
 def model_from_state(state: dict, device: torch.device, source: str = "checkpoint") -> Translator:

@@ -298,11 +298,32 @@ class Trainer:
         if improved:
             self.save("best.pt", scores)
         self._save_numbered(scores)
+        self._plot_attention()
         if stop:
             log.info("early stopping: %s did not improve for %d validations (best %.3f at "
                      "step %d)", es.metric, es.patience, self.state.best_score,
                      self.state.best_step)
         return stop
+
+    def _plot_attention(self) -> None:
+        """Heatmaps of the first ``plot_attention`` validation sentences, to watch the
+        alignment sharpen (needs matplotlib; skipped with a warning when it is missing)."""
+        count = min(self.cfg.plot_attention, len(self.valid_split or []))
+        if not count:
+            return
+        from s2s.inference import Translator
+        from s2s.plotting import plot_translation
+
+        translator = Translator(self.model, self.data.tokenizers, self.config, self.device)
+        try:
+            for i, sentence in enumerate(self.valid_split.sources[:count]):
+                plot_translation(translator, sentence, self.output_dir / "attention" /
+                                 f"step{self.state.step:07d}_sent{i}.png")
+        except S2SError as err:
+            log.warning("attention plots skipped: %s", err)
+            self.cfg.plot_attention = 0
+        finally:
+            self.model.train()
 
     # ---------------------------------------------------------------------------- saving
     def checkpoint_state(self, scores: Optional[dict[str, Any]] = None) -> dict[str, Any]:

@@ -60,3 +60,18 @@ def shared_mirror(monkeypatch):
                     "does not exist (the network is not used in tests)")
     monkeypatch.setenv("S2S_DATA_MIRROR", mirror)
     return mirror
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """configs/toy.yaml trained once per test session, unchanged but for the output directory
+    (and two attention plots per validation)."""
+    from s2s.config import load_config
+    from s2s.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("toy")
+    config = load_config(ROOT / "configs" / "toy.yaml",
+                         [f"training.output_dir={out}", "training.progress_bar=false",
+                          "training.plot_attention=2"])
+    result = Trainer(config).train()
+    return out, result

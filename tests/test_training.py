@@ -29,15 +29,6 @@ def small_config(output_dir: Path, *extra: str):
     return load_config(TOY, SMALL + [f"training.output_dir={output_dir}", *extra])
 
 
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """configs/toy.yaml, unchanged but for the output directory."""
-    out = tmp_path_factory.mktemp("toy")
-    config = load_config(TOY, [f"training.output_dir={out}", "training.progress_bar=false"])
-    result = Trainer(config).train()
-    return out, result
-
-
 @pytest.mark.slow
 def test_toy_config_learns_the_task(toy_run):
     out, result = toy_run
@@ -46,6 +37,8 @@ def test_toy_config_learns_the_task(toy_run):
     assert lines and {"step", "val_loss", "ppl", "bleu", "exact_match"} <= set(lines[-1])
     assert max(l["exact_match"] for l in lines) >= 99.0
     assert (out / "config.yaml").is_file() and (out / "train.log").is_file()
+    plots = sorted((out / "attention").glob("*.png"))
+    assert len(plots) == 2 * len(lines) and all(p.stat().st_size > 1000 for p in plots)
 
 
 @pytest.mark.slow
@@ -58,7 +51,7 @@ def test_checkpoint_alone_translates(toy_run, tmp_path):
     assert isinstance(state["tokenizers"]["src"], bytes)
     translator = load_translator(lonely, "cpu")
     sources = toy_splits(10)["test"].src[:50]
-    hyps = translator.translate(sources + [""])
+    hyps = translator.translate(sources + [""], beam_size=3)
     assert hyps[-1] == ""
     assert sum(h == reverse(s) for h, s in zip(hyps, sources)) >= 49
 

@@ -1,0 +1,63 @@
+"""Attention heatmaps (matplotlib is an optional extra: ``pip install s2s[plot]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from torch import Tensor
+
+from s2s.errors import S2SError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise S2SError("plotting needs matplotlib: pip install 'matplotlib>=3.5' "
+                       "(or pip install -e '.[plot]')") from None
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_attention(weights: Tensor, src_pieces: Sequence[str], tgt_pieces: Sequence[str],
+                   path: str | Path, title: str = "") -> Path:
+    """Draw ``weights [len(tgt_pieces), len(src_pieces)]`` (one row per target subword, rows
+    summing to 1) as a heatmap PNG: source subwords along x, target subwords along y."""
+    plt = _pyplot()
+    matrix = weights.detach().float().cpu().numpy()
+    rows, cols = matrix.shape
+    if (rows, cols) != (len(tgt_pieces), len(src_pieces)):
+        raise ValueError(f"weights are {rows}×{cols} but there are {len(tgt_pieces)} target and "
+                         f"{len(src_pieces)} source labels")
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * cols + 2), max(3.0, 0.4 * rows + 1.5)))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(cols), labels=list(src_pieces), rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(rows), labels=list(tgt_pieces), fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_translation(translator, sentence: str, path: str | Path, beam_size: int = 1) -> str:
+    """Translate ``sentence`` and plot its attention; returns the translation."""
+    text, hyp = translator.translate_nbest([sentence], beam_size, 1, keep_attention=True)[0][0]
+    tokenizers = translator.tokenizers
+    src_pieces = tokenizers.src.pieces(sentence) + ["</s>"]
+    tgt_pieces = tokenizers.tgt.id_to_piece(hyp.tokens)
+    if hyp.attention is not None and hyp.attention.size(0) > len(hyp.tokens):
+        tgt_pieces.append("</s>")
+    if hyp.attention is None:
+        raise S2SError("the input is empty: nothing to plot")
+    plot_attention(hyp.attention[:, :len(src_pieces)], src_pieces, tgt_pieces, path,
+                   title=f"{sentence}\n→ {text}")
+    return text

@@ -1,0 +1,120 @@
+"""Greedy and beam search: agreement, optimality on a tiny model, batching, scores."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from s2s.batching import collate
+from s2s.search import beam_search, greedy_search, length_penalty, search
+from s2s.tokenizer import SPECIAL
+from tests.conftest import ATTENTION_NAMES, tiny_model
+
+SOURCES = [[5, 6, 7, 8], [9, 4], [10, 11, 12, 13, 14, 15], [4], [7, 7, 9]]
+
+
+def encode(sources):
+    batch = collate(sources, None, list(range(len(sources))))
+    return batch.src, batch.src_lengths
+
+
+@torch.no_grad()
+def sequence_log_prob(model, source, tokens, with_eos):
+    """Σ log p(y_t | y_<t, x) by stepping through ``tokens`` (+ EOS)."""
+    src, lengths = encode([source])
+    memory, state = model.encode(src, lengths)
+    prev, total = torch.tensor([SPECIAL.bos]), 0.0
+    for token in tokens + ([SPECIAL.eos] if with_eos else []):
+        log_probs, state, _ = model.step(prev, state, memory)
+        total += float(log_probs[0, token])
+        prev = torch.tensor([token])
+    return total
+
+
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_beam_of_one_is_greedy(name, input_feeding):
+    model = tiny_model(name, input_feeding=input_feeding, seed=3).eval()
+    src, lengths = encode(SOURCES)
+    limits = torch.tensor([6, 3, 9, 2, 5])
+    greedy = greedy_search(model, src, lengths, limits)
+    beam = beam_search(model, src, lengths, limits, beam_size=1)
+    assert [h.tokens for h in greedy] == [hyps[0].tokens for hyps in beam]
+    for g, hyps in zip(greedy, beam):
+        assert g.log_prob == pytest.approx(hyps[0].log_prob, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["general", "bahdanau"])
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_large_beam_finds_the_exhaustive_optimum(name, alpha):
+    vocab, limit = 7, 3
+    model = tiny_model(name, vocab=vocab, seed=5).eval()
+    allowed = [SPECIAL.unk] + list(range(SPECIAL.eos + 1, vocab))
+    source = [4, 5, 6]
+    candidates = []
+    for n in range(limit + 1):
+        for body in itertools.product(allowed, repeat=n):
+            with_eos = n < limit  # at the limit a hypothesis ends without EOS
+            log_prob = sequence_log_prob(model, source, list(body), with_eos)
+            length = n + (1 if with_eos else 0)
+            candidates.append((log_prob / length_penalty(length, alpha), list(body)))
+    best_score, best_tokens = max(candidates, key=lambda c: c[0])
+    src, lengths = encode([source])
+    hyps = beam_search(model, src, lengths, torch.tensor([limit]), beam_size=len(candidates),
+                       alpha=alpha, n_best=3)
+    assert hyps[0][0].tokens == best_tokens
+    assert hyps[0][0].score == pytest.approx(best_score, abs=1e-4)
+    assert [h.score for h in hyps[0]] == sorted((h.score for h in hyps[0]), reverse=True)
+
+
+@pytest.mark.parametrize("name", ["general", "bahdanau", "multihead"])
+def test_batched_results_equal_one_at_a_time(name):
+    model = tiny_model(name, seed=7).eval()
+    together = search(model, SOURCES, batch_size=8, max_output_length=10, max_output_ratio=2.0,
+                      beam_size=4, n_best=2)
+    for source, hyps in zip(SOURCES, together):
+        alone = search(model, [source], batch_size=1, max_output_length=10,
+                       max_output_ratio=2.0, beam_size=4, n_best=2)[0]
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        for a, b in zip(hyps, alone):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_scores_are_summed_log_probs_with_the_documented_penalty(alpha):
+    model = tiny_model("bahdanau", seed=11).eval()
+    src, lengths = encode(SOURCES)
+    results = beam_search(model, src, lengths, torch.full((len(SOURCES),), 6), beam_size=3,
+                          alpha=alpha, n_best=3)
+    for source, hyps in zip(SOURCES, results):
+        assert 1 <= len(hyps) <= 3
+        for hyp in hyps:
+            with_eos = len(hyp.tokens) < 6
+            expected = sequence_log_prob(model, source, hyp.tokens, with_eos)
+            assert hyp.log_prob == pytest.approx(expected, abs=1e-4)
+            length = len(hyp.tokens) + (1 if with_eos else 0)
+            assert hyp.score == pytest.approx(expected / length_penalty(length, alpha), abs=1e-4)
+
+
+def test_outputs_respect_the_length_limit_and_never_contain_specials():
+    model = tiny_model("general", seed=2).eval()
+    src, lengths = encode(SOURCES)
+    limits = torch.tensor([1, 2, 3, 4, 5])
+    for hyps, limit in zip(beam_search(model, src, lengths, limits, beam_size=4, n_best=4),
+                           limits.tolist()):
+        for hyp in hyps:
+            assert len(hyp.tokens) <= limit
+            assert not {SPECIAL.pad, SPECIAL.bos, SPECIAL.eos} & set(hyp.tokens)
+
+
+def test_attention_is_kept_for_plotting():
+    model = tiny_model("general", seed=2).eval()
+    src, lengths = encode(SOURCES[:2])
+    for hyps in beam_search(model, src, lengths, torch.tensor([5, 5]), beam_size=2,
+                            keep_attention=True):
+        hyp = hyps[0]
+        assert hyp.attention.shape[1] == src.size(1)
+        assert hyp.attention.shape[0] in (len(hyp.tokens), len(hyp.tokens) + 1)
+        torch.testing.assert_close(hyp.attention.sum(-1), torch.ones(hyp.attention.shape[0]))

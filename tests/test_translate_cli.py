@@ -1,0 +1,101 @@
+"""evaluate.py, scripts/translate.py and scripts/plot_attention.py on a trained toy model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s2s.inference import load_translator
+from s2s.toy import reverse, toy_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(*args, cwd, stdin: str | None = None):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def lonely_checkpoint(toy_run, tmp_path):
+    """The toy checkpoint copied alone into an empty directory (no tokenizer files, no data)."""
+    out, _ = toy_run
+    target = tmp_path / "alone" / "model.pt"
+    target.parent.mkdir()
+    shutil.copy(out / "best.pt", target)
+    return target
+
+
+def test_evaluate_toy_test_split_greedy_and_beam(lonely_checkpoint):
+    cwd = lonely_checkpoint.parent
+    for beam in ("1", "5"):
+        result = run(ROOT / "evaluate.py", "--checkpoint", lonely_checkpoint, "--split", "test",
+                     "--beam", beam, "--json", cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        scores = json.loads(result.stdout)
+        assert scores["bleu"] >= 99.0 and scores["sentences"] == 500
+        assert scores["beam"] == int(beam) and scores["sentences_per_second"] > 0
+    result = run(ROOT / "evaluate.py", "--checkpoint", lonely_checkpoint, "--output", "hyps.txt",
+                 "--beam", "2", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert "BLEU" in result.stdout and "tok:13a" in result.stdout and "chrF" in result.stdout
+    assert "beam 2" in result.stdout
+    assert len((cwd / "hyps.txt").read_text().splitlines()) == 500
+
+
+def test_translate_reads_stdin_and_keeps_line_numbers(lonely_checkpoint):
+    lines = ["a b c", "", "t s r q p", "", "", "k l m"]
+    result = run(ROOT / "scripts" / "translate.py", "--checkpoint", lonely_checkpoint,
+                 "--beam", "3", cwd=lonely_checkpoint.parent, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:-1] == [reverse(l) for l in lines]
+
+
+def test_translate_nbest_prints_k_scored_lines_per_input(lonely_checkpoint, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("a b c d\n\ne f\n", encoding="utf-8")
+    result = run(ROOT / "scripts" / "translate.py", "--checkpoint", lonely_checkpoint,
+                 "--input", source, "--nbest", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 9 and [r[0] for r in rows] == ["0", "1", "2"] * 3
+    assert rows[0][2] == "d c b a" and rows[6][2] == "f e"
+    scores = [float(r[1]) for r in rows[:3]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_translate_odd_input_succeeds(lonely_checkpoint):
+    lines = ["a b \x07c\x1b", "x y z é 漢字", "a " * 300, "\t  \t"]
+    result = run(ROOT / "scripts" / "translate.py", "--checkpoint", lonely_checkpoint,
+                 "--beam", "2", cwd=lonely_checkpoint.parent, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.split("\n")[:-1]
+    assert len(out) == 4 and out[0] == "c b a" and out[3] == ""
+
+
+def test_plot_attention_shows_the_reversal_alignment(lonely_checkpoint, tmp_path):
+    png = tmp_path / "attention.png"
+    result = run(ROOT / "scripts" / "plot_attention.py", "--checkpoint", lonely_checkpoint,
+                 "--sentence", "a b c d e f g", "--output", png, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    translator = load_translator(lonely_checkpoint, "cpu")
+    _, hyp = translator.translate_nbest(["a b c d e f g"], keep_attention=True)[0][0]
+    peaks = hyp.attention[:7].argmax(dim=-1).tolist()  # output i attends to source 6 - i
+    assert peaks == [6, 5, 4, 3, 2, 1, 0]
+
+
+def test_beam_is_at_least_as_good_as_greedy_on_held_out_data(toy_run):
+    out, _ = toy_run
+    translator = load_translator(out / "best.pt", "cpu")
+    test = toy_splits(10)["test"]
+    greedy = translator.translate(test.src, beam_size=1)
+    beam = translator.translate(test.src, beam_size=5)
+    exact = lambda hyps: sum(h == r for h, r in zip(hyps, test.tgt))  # noqa: E731
+    assert exact(beam) >= exact(greedy) - 1
