@@ -14,8 +14,20 @@ from typing import Callable, Optional, Sequence
 from s2s.errors import S2SError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
 def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[..., int]:
-    """Turn :class:`S2SError` into one ``error:`` line and exit status 2."""
+    """Turn user-caused failures into one ``error:`` line: status 2 for bad input, 1 for a
+    file system problem (disk full, no permission), 130 for Ctrl-C."""
 
     @functools.wraps(main)
     def wrapper(argv: Optional[Sequence[str]] = None) -> int:
@@ -27,6 +39,13 @@ def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[.
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
+            sys.stderr.close()
+            return 141
+        except OSError as err:
+            where = f" '{err.filename}'" if err.filename else ""
+            print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+            return 1
 
     return wrapper
 
@@ -54,7 +73,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         trainer.train()
     except TrainingStopped as stop:
         print(str(stop), file=sys.stderr)
-        return 1
+        return stop.exit_code
     return 0
 
 
@@ -68,10 +87,10 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--src", help="source file to translate (with --ref)")
     parser.add_argument("--ref", help="reference file")
     parser.add_argument("--hyp", help="score this hypothesis file against --ref, no model")
-    parser.add_argument("--beam", type=int, default=None,
+    parser.add_argument("--beam", type=positive_int, default=None,
                         help="beam size (default: evaluation.beam_size of the checkpoint's "
                              "config); 1 = greedy")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--output", help="write the translations here, one per line")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
@@ -133,8 +152,6 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
                            f"(data.{split}); use --src and --ref")
         sources, refs = text.src, text.tgt
     beam = args.beam or translator.config.evaluation.beam_size
-    if beam < 1:
-        raise S2SError(f"--beam must be at least 1, got {beam}")
     start = time.perf_counter()
     results = translator.translate_nbest(sources, beam, 1, args.batch_size)
     seconds = time.perf_counter() - start
@@ -151,16 +168,14 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
         description="Translate text with a checkpoint: one line in, one line out.")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--input", help="file to translate (default: standard input)")
-    parser.add_argument("--beam", type=int, default=None,
+    parser.add_argument("--beam", type=positive_int, default=None,
                         help="beam size (default: evaluation.beam_size from the checkpoint)")
-    parser.add_argument("--nbest", type=int, default=1,
+    parser.add_argument("--nbest", type=positive_int, default=1,
                         help="print the K best translations per line as 'K-index<TAB>score<TAB>"
                              "text' (K lines per input line)")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
-    if args.nbest < 1 or (args.beam is not None and args.beam < 1):
-        raise S2SError("--beam and --nbest must be at least 1")
 
     from s2s.corpus import read_lines
     from s2s.inference import load_translator

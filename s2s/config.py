@@ -237,7 +237,10 @@ def _coerce(value: Any, tp: Any, path: str, meta: dict[str, Any]) -> Any:
         str: isinstance(value, str),
     }.get(tp, True)
     if not ok:
-        raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {_describe(value)}")
+        hint = (" (YAML reads unquoted yes/no/on/off as booleans: quote the value)"
+                if tp is str and isinstance(value, bool) else "")
+        raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got "
+                          f"{_describe(value)}{hint}")
     if tp is float:
         value = float(value)
     if tp in (int, float):

@@ -13,6 +13,8 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+import zlib
+from http.client import HTTPException
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
                     raise DataError(f"{path}, line {number}: not valid UTF-8 "
                                     f"(byte {err.start + 1}: {raw[err.start:err.start + 1]!r})"
                                     ) from None
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot read the file ({err})") from None
     if not lines and not allow_empty:
         raise DataError(f"data file '{path}' is empty")
@@ -102,7 +104,11 @@ def _copy_from_mirror(name: str, mirror: str, target: Path) -> None:
         source = Path(mirror) / name
         if not source.is_file():
             raise DataError(f"{MIRROR_ENV}={mirror}: '{source}' does not exist")
-        shutil.copyfile(source, target)
+        try:
+            shutil.copyfile(source, target)
+        except OSError as err:
+            target.unlink(missing_ok=True)
+            raise DataError(f"cannot copy '{source}' to '{target}' ({err.strerror})") from None
         return
     _download(mirror.rstrip("/") + "/" + name, target)
 
@@ -118,7 +124,7 @@ def _download(url: str, target: Path) -> None:
                 for block in iter(lambda: response.read(1 << 16), b""):
                     out.write(block)
                     bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
+    except (urllib.error.URLError, OSError, TimeoutError, HTTPException) as err:
         target.unlink(missing_ok=True)
         raise DataError(f"cannot download {url} ({getattr(err, 'reason', err)}); without network "
                         f"access, set {MIRROR_ENV} to a directory or URL holding the Multi30k "

@@ -89,6 +89,14 @@ def _fingerprint(cfg: DataConfig, text: ParallelText) -> str:
     return digest.hexdigest()
 
 
+def _cached_fingerprint(meta: Path) -> Optional[str]:
+    """The fingerprint recorded beside cached models (None when unreadable: retrain)."""
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _train_tokenizer(sentences: list[str], vocab_size: int, cfg: DataConfig) -> Tokenizer:
     tok = cfg.tokenizer
     return Tokenizer.train(sentences, vocab_size, tok.model_type, tok.character_coverage,
@@ -105,7 +113,7 @@ def build_tokenizers(cfg: DataConfig, train: ParallelText,
         meta = cache_dir / "tokenizer.json"
         files = [cache_dir / f"spm_{n}.model" for n in names]
         if meta.is_file() and all(f.is_file() for f in files):
-            if json.loads(meta.read_text()).get("fingerprint") == fingerprint:
+            if _cached_fingerprint(meta) == fingerprint:
                 loaded = [Tokenizer(f.read_bytes()) for f in files]
                 log.info("reusing the SentencePiece model(s) cached in %s", cache_dir)
                 return Tokenizers(loaded[0], loaded[-1])

@@ -66,6 +66,8 @@ def model_from_state(state: dict, device: torch.device, source: str = "checkpoin
         model.load_state_dict(state["model"])
     except KeyError as err:
         raise CheckpointError(f"{source}: checkpoint lacks the entry {err}") from None
+    except (TypeError, AttributeError) as err:
+        raise CheckpointError(f"{source}: checkpoint entries have the wrong form ({err})") from None
     except (ConfigError, DataError) as err:
         raise CheckpointError(f"{source}: {err}") from None
     except RuntimeError as err:

@@ -52,7 +52,9 @@ def plot_translation(translator, sentence: str, path: str | Path, beam_size: int
     """Translate ``sentence`` and plot its attention; returns the translation."""
     text, hyp = translator.translate_nbest([sentence], beam_size, 1, keep_attention=True)[0][0]
     tokenizers = translator.tokenizers
-    src_pieces = tokenizers.src.pieces(sentence) + ["</s>"]
+    from s2s.inference import clean_input
+
+    src_pieces = tokenizers.src.pieces(clean_input(sentence)) + ["</s>"]
     tgt_pieces = tokenizers.tgt.id_to_piece(hyp.tokens)
     if hyp.attention is not None and hyp.attention.size(0) > len(hyp.tokens):
         tgt_pieces.append("</s>")

@@ -75,5 +75,6 @@ class Tokenizer:
         return [self._sp.id_to_piece(int(i)) for i in ids]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Detokenize, ignoring special ids."""
-        return self._sp.decode([int(i) for i in ids if i > SPECIAL.eos])
+        """Detokenize, ignoring padding, BOS and EOS (unknown pieces stay visible)."""
+        skip = (SPECIAL.pad, SPECIAL.bos, SPECIAL.eos)
+        return self._sp.decode([int(i) for i in ids if int(i) not in skip])

@@ -40,7 +40,12 @@ LOWER_IS_BETTER = {"val_loss", "ppl"}
 
 
 class TrainingStopped(S2SError):
-    """Training ended early on purpose (interrupt, repeated non-finite losses)."""
+    """Training ended before its budget: an interrupt (exit status 128 + signal number) or
+    repeated non-finite losses (exit status 1). last.pt holds the state to resume from."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -51,13 +56,14 @@ class TrainState:
     best_step: int = 0
     bad_validations: int = 0
     bad_steps: int = 0
+    validated_step: int = -1
     finished: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
-def setup_logging(output_dir: Optional[Path] = None) -> None:
+def setup_logging(output_dir: Optional[Path] = None, fresh: bool = False) -> None:
     """Console logging through tqdm (so bars stay intact) and a ``train.log`` file."""
     logger = logging.getLogger("s2s")
     logger.setLevel(logging.INFO)
@@ -74,7 +80,8 @@ def setup_logging(output_dir: Optional[Path] = None) -> None:
     logger.addHandler(console)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+        handler = logging.FileHandler(output_dir / "train.log", mode="w" if fresh else "a",
+                                      encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
 
@@ -92,6 +99,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+RESUME_KEYS = {"config", "model", "tokenizers", "optimizer", "scheduler", "sampler", "rng",
+               "trainer"}
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
@@ -113,7 +130,8 @@ class Trainer:
         self.cfg = config.training
         self.output_dir = Path(self.cfg.output_dir)
         checkpoint = self._checkpoint_to_resume(resume, overwrite)
-        setup_logging(self.output_dir)
+        self._overwrite = overwrite and checkpoint is None
+        setup_logging(self.output_dir, fresh=self._overwrite)
         self.device = resolve_device(device or self.cfg.device)
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
@@ -137,6 +155,7 @@ class Trainer:
         self.step_losses: list[float] = []  # loss per target token of each update in this process
         self.step_records: list[tuple[float, int]] = []  # (perf_counter at the end, tgt tokens)
         self._interrupted: Optional[str] = None
+        self._interrupt_code = 130
         if checkpoint:
             self._restore(checkpoint)
         save_config(config, self.output_dir / "config.yaml")
@@ -149,25 +168,23 @@ class Trainer:
                 raise S2SError(f"output directory '{self.output_dir}' already holds a run "
                                f"(last.pt); continue it with --resume auto, or pass --overwrite "
                                f"to start afresh")
-            if overwrite:
-                for name in ("last.pt", "best.pt", "metrics.jsonl"):
-                    (self.output_dir / name).unlink(missing_ok=True)
-                for old in self.output_dir.glob("step_*.pt"):
-                    old.unlink()
             return None
         path = self.output_dir / "last.pt" if resume == "auto" else Path(resume)
         if resume == "auto" and not path.exists():
             raise CheckpointError(f"--resume auto: no last.pt in '{self.output_dir}' to resume")
         checkpoint = load_checkpoint(path)
-        if "optimizer" not in checkpoint:
-            raise CheckpointError(f"{path}: holds weights only, no training state to resume")
+        missing = sorted(RESUME_KEYS - set(checkpoint))
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume from it, it lacks "
+                                  f"{', '.join(missing)}")
         saved = config_from_dict(checkpoint["config"], f"{path} config").to_dict()
         now = self.config.to_dict()
-        for section in ("data", "model"):
-            diff = _first_difference(saved[section], now[section], section)
+        for section in ("data", "model", "training.optimizer", "training.scheduler.type"):
+            diff = _first_difference(_lookup(saved, section), _lookup(now, section), section)
             if diff:
                 raise CheckpointError(f"{path}: the config disagrees with the checkpoint at "
-                                      f"{diff}; a resumed run must keep the data and model")
+                                      f"{diff}; a resumed run must keep the data, the model, "
+                                      f"the optimizer and the scheduler type")
         return checkpoint
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -202,12 +219,10 @@ class Trainer:
     # ---------------------------------------------------------------------------- batches
     def _batches(self) -> Iterator[list[int]]:
         """Training batches forever (epoch after epoch), tracking the epoch counter."""
-        while True:
+        while not (self.cfg.max_epochs and self.sampler.epoch >= self.cfg.max_epochs):
             for indices in self.sampler:
                 yield indices
             self.state.epoch = self.sampler.epoch
-            if self.cfg.max_epochs and self.state.epoch >= self.cfg.max_epochs:
-                return
 
     def _collate(self, indices: list[int], split: EncodedSplit) -> Batch:
         return collate([split.src_ids[i] for i in indices], [split.tgt_ids[i] for i in indices],
@@ -219,19 +234,29 @@ class Trainer:
         real target tokens). Non-finite losses skip the update."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        # the summed loss of the whole group is divided once, by the group's tokens (or
+        # sentences), so accumulating k batches equals one k-times-larger batch
+        split = self.train_split
+        denominator = (sum(len(split.tgt_ids[i]) + 1 for b in group for i in b)
+                       if self.cfg.normalization == "tokens" else sum(len(b) for b in group))
         total_loss, total_tokens, finite = 0.0, 0, True
         for indices in group:
-            batch = self._collate(indices, self.train_split)
+            batch = self._collate(indices, split)
             out = self.model(batch, self.cfg.teacher_forcing_ratio, self.cfg.label_smoothing)
-            norm = out.tokens if self.cfg.normalization == "tokens" else batch.size
-            (out.loss / (norm * len(group))).backward()
+            (out.loss / denominator).backward()
             loss_value = float(out.loss.detach())
             finite = finite and math.isfinite(loss_value)
             total_loss += loss_value
             total_tokens += out.tokens
-        if finite and self.cfg.clip_grad_norm > 0:
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        if finite:  # max_norm=inf measures without clipping, to catch non-finite gradients
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(),
+                                            self.cfg.clip_grad_norm or float("inf"))
             finite = bool(torch.isfinite(norm))
+        if finite:
+            self.state.bad_steps = 0
+            self.optimizer.step()
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.step()  # counts updates taken or skipped, like state.step
         if not finite:
             self.state.bad_steps += 1
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
@@ -241,11 +266,6 @@ class Trainer:
                                       f"had a non-finite loss; the last good checkpoint is in "
                                       f"'{self.output_dir}'. Lower training.learning_rate or "
                                       f"check the data")
-            return total_loss, total_tokens
-        self.state.bad_steps = 0
-        self.optimizer.step()
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
-            self.scheduler.step()
         return total_loss, total_tokens
 
     # -------------------------------------------------------------------------- validation
@@ -271,33 +291,43 @@ class Trainer:
                 "bleu": bleu(hyps, refs).score, "exact_match": exact_match(hyps, refs),
                 "lr": self.optimizer.param_groups[0]["lr"], "example": hyps[0] if hyps else ""}
 
-    def _after_validation(self, scores: dict[str, Any]) -> bool:
-        """Record scores, save checkpoints, step the scheduler; True to stop early."""
+    def _after_validation(self, scores: dict[str, Any], record_only: bool = False) -> bool:
+        """Record scores, save checkpoints, step the scheduler; True to stop early.
+
+        ``record_only`` (the closing validation of a budget that is not a multiple of
+        ``validate_every``) logs and saves ``last.pt`` but leaves the best score, the patience
+        count and the scheduler alone, so extending the budget and resuming continues exactly
+        as a longer run would have."""
+        self.state.validated_step = self.state.step
         es = self.cfg.early_stopping
         value = scores[es.metric]
         sign = -1.0 if es.metric in LOWER_IS_BETTER else 1.0
-        improved = (self.state.best_score is None
-                    or sign * (value - self.state.best_score) > es.min_delta)
+        improved = not record_only and (self.state.best_score is None
+                                        or sign * (value - self.state.best_score) > es.min_delta)
         if improved:
             self.state.best_score, self.state.best_step = value, self.state.step
             self.state.bad_validations = 0
-        else:
+        elif not record_only:
             self.state.bad_validations += 1
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) \
+                and not record_only:
             self.scheduler.step(value)
         scores = {**scores, "best_" + es.metric: self.state.best_score}
+        if record_only:
+            scores["final"] = True
         with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(scores) + "\n")
         log.info("validation step %d: loss %.3f  ppl %.2f  bleu %.2f  exact %.1f%%  lr %.2e%s",
                  scores["step"], scores["val_loss"], scores["ppl"], scores["bleu"],
                  scores["exact_match"], scores["lr"], "  *best*" if improved else "")
-        stop = self.state.bad_validations >= es.patience
+        stop = not record_only and self.state.bad_validations >= es.patience
         if stop:
             self.state.finished = True
-        self.save("last.pt", scores)
-        if improved:
+        if improved:  # best first: a kill between the two writes never leaves best.pt stale
             self.save("best.pt", scores)
-        self._save_numbered(scores)
+        self.save("last.pt", scores)
+        if not record_only:
+            self._save_numbered(scores)
         self._plot_attention()
         if stop:
             log.info("early stopping: %s did not improve for %d validations (best %.3f at "
@@ -319,8 +349,9 @@ class Trainer:
             for i, sentence in enumerate(self.valid_split.sources[:count]):
                 plot_translation(translator, sentence, self.output_dir / "attention" /
                                  f"step{self.state.step:07d}_sent{i}.png")
-        except S2SError as err:
-            log.warning("attention plots skipped: %s", err)
+        except Exception as err:  # a plot must never end a training run
+            log.warning("attention plots skipped: %s", str(err).splitlines()[0] if str(err)
+                        else type(err).__name__)
             self.cfg.plot_attention = 0
         finally:
             self.model.train()
@@ -354,7 +385,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- loop
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._interrupted:  # a second Ctrl-C while saving is ignored, not fatal
+            return
         self._interrupted = signal.Signals(signum).name
+        self._interrupt_code = 128 + signum
         log.info("%s received: finishing the current step, then saving last.pt",
                  self._interrupted)
 
@@ -367,6 +401,11 @@ class Trainer:
                  "%d batches per epoch", self.config.model.attention,
                  f"{count_parameters(self.model):,}", self.device, len(self.train_split),
                  len(self.sampler))
+        if self._overwrite:  # only now that config, device and data have all been checked
+            for old in [*self.output_dir.glob("step_*.pt"), *(
+                    self.output_dir / name for name in ("last.pt", "best.pt", "metrics.jsonl"))]:
+                old.unlink(missing_ok=True)
+            self._overwrite = False
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -420,13 +459,13 @@ class Trainer:
                 raise TrainingStopped(
                     f"interrupted by {self._interrupted} at step {self.state.step}; last.pt saved "
                     f"in '{self.output_dir}'. Continue with: python train.py --config "
-                    f"{self.output_dir / 'config.yaml'} --resume auto")
+                    f"{self.output_dir / 'config.yaml'} --resume auto",
+                    exit_code=self._interrupt_code)
         bar.close()
         self.state.finished = True
-        if self.valid_split is not None and (not last_scores
-                                             or last_scores["step"] != self.state.step):
+        if self.valid_split is not None and self.state.validated_step != self.state.step:
             last_scores = self.validate()
-            self._after_validation(last_scores)
+            self._after_validation(last_scores, record_only=True)
         else:
             self.save("last.pt", last_scores)
         seconds = time.perf_counter() - run_start

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from s2s.cli import reports_errors  # noqa: E402
+from s2s.cli import positive_int, reports_errors  # noqa: E402
 from s2s.config import load_config  # noqa: E402
 from s2s.trainer import Trainer  # noqa: E402
 
@@ -42,10 +42,13 @@ def padding_efficiency(trainer: Trainer) -> tuple[float, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=positive_int, default=200,
+                        help="updates to time (at least 10; the first 20%% are warm-up)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.steps < 10:
+        parser.error("--steps must be at least 10")
     with tempfile.TemporaryDirectory() as out:
         config = load_config(args.config, args.overrides + [
             f"training.output_dir={out}", f"training.max_steps={args.steps}",

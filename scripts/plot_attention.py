@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from s2s.cli import reports_errors  # noqa: E402
+from s2s.cli import positive_int, reports_errors  # noqa: E402
 
 
 @reports_errors
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--sentence", required=True, help="source sentence to translate")
     parser.add_argument("--output", default="attention.png", help="PNG file to write")
-    parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--beam", type=positive_int, default=1)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
 
