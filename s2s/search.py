@@ -32,34 +32,43 @@ def max_output_lengths(src_lengths: Tensor, max_output_length: int, ratio: float
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: Tensor,
                   alpha: float = 0.0, keep_attention: bool = False) -> list[Hypothesis]:
-    """Argmax decoding for a batch: one :class:`Hypothesis` per sentence."""
-    special = model.special
+    """Argmax decoding for a batch: one :class:`Hypothesis` per sentence. Sentences that have
+    finished (EOS or length limit) leave the batch, so they cost nothing further."""
+    special, device = model.special, src.device
     memory, state = model.encode(src, src_lengths)
-    batch = src.size(0)
-    prev = torch.full((batch,), special.bos, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    ended_with_eos = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    log_prob = torch.zeros(batch, device=src.device)
-    limits = max_lengths.to(src.device)
-    tokens, weights = [], []
+    total = src.size(0)
+    active = torch.arange(total, device=device)  # original index of each live sentence
+    prev = torch.full((total,), special.bos, dtype=torch.long, device=device)
+    log_prob = torch.zeros(total, device=device)
+    limits = max_lengths.to(device)
+    tokens: list[list[int]] = [[] for _ in range(total)]
+    weights: list[list[Tensor]] = [[] for _ in range(total)]
+    scores = [0.0] * total
+    ended_with_eos = [False] * total
     for t in range(int(limits.max())):
         log_probs, state, alpha_t = model.step(prev, state, memory)
         best, prev = _forbid_specials(log_probs, special).max(dim=-1)
-        log_prob += best.masked_fill(finished, 0.0)
-        prev = prev.masked_fill(finished, special.pad)
-        tokens.append(prev)
+        log_prob += best
+        is_eos = prev == special.eos
+        done = is_eos | (limits <= t + 1)
+        for b, token in zip(active.tolist(), prev.tolist()):
+            tokens[b].append(token)
         if keep_attention:
-            weights.append(alpha_t)
-        ended_with_eos |= prev == special.eos
-        finished |= (prev == special.eos) | (limits <= t + 1)
-        if bool(finished.all()):
+            for i, b in enumerate(active.tolist()):
+                weights[b].append(alpha_t[i])
+        for i in done.nonzero().squeeze(1).tolist():
+            b = int(active[i])
+            scores[b], ended_with_eos[b] = float(log_prob[i]), bool(is_eos[i])
+        if bool(done.all()):
             break
-    rows = torch.stack(tokens, dim=1).tolist()
-    attention = torch.stack(weights, dim=1) if keep_attention else None
-    return [_hypothesis(_strip(row, special.eos, special.pad), float(log_prob[b]), alpha,
-                        attention[b] if attention is not None else None,
-                        with_eos=bool(ended_with_eos[b]))
-            for b, row in enumerate(rows)]
+        if bool(done.any()):
+            live = (~done).nonzero().squeeze(1)
+            memory, state = memory.select(live), state.select(live)
+            prev, log_prob = prev.index_select(0, live), log_prob.index_select(0, live)
+            active, limits = active.index_select(0, live), limits.index_select(0, live)
+    return [_hypothesis(_strip(tokens[b], special.eos, special.pad), scores[b], alpha,
+                        torch.stack(weights[b]) if keep_attention else None, ended_with_eos[b])
+            for b in range(total)]
 
 
 def _forbid_specials(log_probs: Tensor, special) -> Tensor:
@@ -90,39 +99,42 @@ class Hypothesis:
 def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: Tensor,
                 beam_size: int, alpha: float = 0.0, n_best: int = 1,
                 keep_attention: bool = False) -> list[list[Hypothesis]]:
-    """Beam search over the whole batch at once: ``B × beam_size`` rows in one tensor.
+    """Beam search over the whole batch at once: ``sentences × beam_size`` rows in one tensor.
 
     Each step scores every (beam, token) extension, keeps the 2·K best per sentence, sets aside
     the EOS extensions that rank among the top K as finished hypotheses, and continues with the
     K best non-EOS ones. A sentence is done when it has K finished hypotheses or reaches its
-    length limit (its live beams are then finished as they are); the search stops when every
-    sentence is done. Returns the ``n_best`` hypotheses of each sentence, best first.
+    length limit (its live beams are then finished as they are); done sentences leave the
+    batch, so they cost nothing further, and the search stops when none is left. Returns the
+    ``n_best`` hypotheses of each sentence, best first.
     """
     special, beams = model.special, beam_size
-    batch, device = src.size(0), src.device
+    device = src.device
     memory, state = model.encode(src, src_lengths)
-    rows = torch.arange(batch, device=device).repeat_interleave(beams)
+    rows = torch.arange(src.size(0), device=device).repeat_interleave(beams)
     memory, state = memory.select(rows), state.select(rows)
     limits = max_lengths.to(device)
-    beam_scores = torch.full((batch, beams), float("-inf"), device=device)
+    active = torch.arange(src.size(0), device=device)  # original index of each live sentence
+    beam_scores = torch.full((src.size(0), beams), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    prev = torch.full((batch * beams,), special.bos, dtype=torch.long, device=device)
-    history = torch.empty(batch * beams, 0, dtype=torch.long, device=device)
-    attention = torch.empty(batch * beams, 0, src.size(1), device=device)
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    finished_count = torch.zeros(batch, dtype=torch.long, device=device)
-    offsets = (torch.arange(batch, device=device) * beams).unsqueeze(1)
+    prev = torch.full((rows.numel(),), special.bos, dtype=torch.long, device=device)
+    history = torch.empty(rows.numel(), 0, dtype=torch.long, device=device)
+    attention = torch.empty(rows.numel(), 0, src.size(1), device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    finished_count = torch.zeros(src.size(0), dtype=torch.long, device=device)
+    beam_range = torch.arange(beams, device=device)
 
     def finish(hits: Tensor, rows: Tensor, scores: Tensor, with_eos: bool) -> None:
-        """Set aside hypotheses ``hits [N, 2]`` = (sentence, column) of ``rows``/``scores``."""
+        """Set aside hypotheses ``hits [N, 2]`` = (live sentence, column) of ``rows``/``scores``."""
         for b, col in hits.tolist():
             row = int(rows[b, col])
-            finished[b].append(_hypothesis(history[row].tolist(), float(scores[b, col]), alpha,
-                                           attention[row] if keep_attention else None,
-                                           with_eos))
+            finished[int(active[b])].append(_hypothesis(
+                history[row].tolist(), float(scores[b, col]), alpha,
+                attention[row] if keep_attention else None, with_eos))
 
     for t in range(int(limits.max())):
+        batch = active.numel()
+        offsets = (torch.arange(batch, device=device) * beams).unsqueeze(1)
         log_probs, state, alpha_t = model.step(prev, state, memory)
         vocab = log_probs.size(-1)
         candidates = (beam_scores.view(-1, 1) + _forbid_specials(log_probs, special))
@@ -131,8 +143,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
         is_eos = tokens == special.eos
         if keep_attention:
             attention = torch.cat([attention, alpha_t.unsqueeze(1)], dim=1)
-        # ---- finished: EOS among the top K, for sentences still searching
-        eos_hits = is_eos[:, :beams] & torch.isfinite(top_scores[:, :beams]) & ~done[:, None]
+        # ---- finished: EOS among the top K
+        eos_hits = is_eos[:, :beams] & torch.isfinite(top_scores[:, :beams])
         finished_count += eos_hits.sum(dim=1)
         finish(eos_hits.nonzero(), origin + offsets, top_scores, with_eos=True)
         # ---- live: the K best non-EOS extensions (a stable sort moves EOS ones behind)
@@ -142,18 +154,28 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
         source_rows = (origin.gather(1, keep) + offsets).view(-1)
         prev = tokens.gather(1, keep).view(-1)
         history = torch.cat([history.index_select(0, source_rows), prev.unsqueeze(1)], dim=1)
-        state = state.select(source_rows)
         if keep_attention:
             attention = attention.index_select(0, source_rows)
         # ---- sentences at their length limit finish their live beams as they are
-        at_limit = (limits <= t + 1) & ~done
-        live_rows = torch.arange(beams, device=device) + offsets
-        finish((at_limit[:, None] & torch.isfinite(beam_scores)).nonzero(), live_rows,
+        at_limit = limits <= t + 1
+        finish((at_limit[:, None] & torch.isfinite(beam_scores)).nonzero(), beam_range + offsets,
                beam_scores, with_eos=False)
-        done |= at_limit | (finished_count >= beams)
+        done = at_limit | (finished_count >= beams)
         if bool(done.all()):
             break
-        beam_scores = beam_scores.masked_fill(done[:, None], float("-inf"))
+        # ---- done sentences leave the batch; the rows of the others are gathered once
+        if bool(done.any()):
+            live = (~done).nonzero().squeeze(1)
+            live_rows = (live.unsqueeze(1) * beams + beam_range).view(-1)
+            source_rows = source_rows.index_select(0, live_rows)
+            memory = memory.select(live_rows)
+            prev, history = prev.index_select(0, live_rows), history.index_select(0, live_rows)
+            if keep_attention:
+                attention = attention.index_select(0, live_rows)
+            active, limits = active.index_select(0, live), limits.index_select(0, live)
+            beam_scores = beam_scores.index_select(0, live)
+            finished_count = finished_count.index_select(0, live)
+        state = state.select(source_rows)
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
 
 
