@@ -37,17 +37,17 @@ class Translator:
                         keep_attention: bool = False) -> list[list[tuple[str, Hypothesis]]]:
         """For each sentence, ``n_best`` (text, hypothesis) pairs, best first."""
         ev = self.config.evaluation
-        sources = self.tokenizers.src.encode_batch([clean_input(s) for s in sentences])
+        cleaned = [clean_input(s) for s in sentences]
+        wanted = [i for i, text in enumerate(cleaned) if text]  # empty lines are not searched
+        sources = self.tokenizers.src.encode_batch([cleaned[i] for i in wanted])
         results = search(self.model, sources, batch_size or ev.batch_size,
-                         ev.max_output_length, ev.max_output_ratio, self.device,
-                         beam_size=max(beam_size, n_best), alpha=ev.length_penalty,
+                         ev.max_output_length, ev.max_output_ratio,
+                         self.device, beam_size=max(beam_size, n_best), alpha=ev.length_penalty,
                          n_best=n_best, keep_attention=keep_attention)
-        out = []
-        for text, hyps in zip(sentences, results):
-            if not text.strip():
-                out.append([("", Hypothesis([], 0.0, 0.0))])
-            else:
-                out.append([(self.tokenizers.tgt.decode(h.tokens), h) for h in hyps])
+        out: list[list[tuple[str, Hypothesis]]] = [[("", Hypothesis([], 0.0, 0.0))]
+                                                   for _ in sentences]
+        for i, hyps in zip(wanted, results):
+            out[i] = [(self.tokenizers.tgt.decode(h.tokens), h) for h in hyps]
         return out
 
 

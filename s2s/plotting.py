@@ -8,6 +8,7 @@ from typing import Sequence
 from torch import Tensor
 
 from s2s.errors import S2SError
+from s2s.inference import Translator, clean_input
 
 
 def _pyplot():
@@ -48,18 +49,17 @@ def plot_attention(weights: Tensor, src_pieces: Sequence[str], tgt_pieces: Seque
     return path
 
 
-def plot_translation(translator, sentence: str, path: str | Path, beam_size: int = 1) -> str:
+def plot_translation(translator: Translator, sentence: str, path: str | Path,
+                     beam_size: int = 1) -> str:
     """Translate ``sentence`` and plot its attention; returns the translation."""
     text, hyp = translator.translate_nbest([sentence], beam_size, 1, keep_attention=True)[0][0]
-    tokenizers = translator.tokenizers
-    from s2s.inference import clean_input
-
-    src_pieces = tokenizers.src.pieces(clean_input(sentence)) + ["</s>"]
-    tgt_pieces = tokenizers.tgt.id_to_piece(hyp.tokens)
-    if hyp.attention is not None and hyp.attention.size(0) > len(hyp.tokens):
-        tgt_pieces.append("</s>")
     if hyp.attention is None:
         raise S2SError("the input is empty: nothing to plot")
+    tokenizers = translator.tokenizers
+    src_pieces = tokenizers.src.pieces(clean_input(sentence)) + ["</s>"]
+    tgt_pieces = tokenizers.tgt.id_to_piece(hyp.tokens)
+    if hyp.attention.size(0) > len(hyp.tokens):  # the EOS step
+        tgt_pieces.append("</s>")
     plot_attention(hyp.attention[:, :len(src_pieces)], src_pieces, tgt_pieces, path,
                    title=f"{sentence}\n→ {text}")
     return text

@@ -66,7 +66,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths:
             memory, state = memory.select(live), state.select(live)
             prev, log_prob = prev.index_select(0, live), log_prob.index_select(0, live)
             active, limits = active.index_select(0, live), limits.index_select(0, live)
-    return [_hypothesis(_strip(tokens[b], special.eos, special.pad), scores[b], alpha,
+    return [_hypothesis(tokens[b][:-1] if ended_with_eos[b] else tokens[b], scores[b], alpha,
                         torch.stack(weights[b]) if keep_attention else None, ended_with_eos[b])
             for b in range(total)]
 
@@ -184,15 +184,6 @@ def _hypothesis(tokens: list[int], log_prob: float, alpha: float, attention: Opt
     length = len(tokens) + (1 if with_eos else 0)
     return Hypothesis(tokens, log_prob, log_prob / length_penalty(length, alpha),
                       attention[:length].cpu() if attention is not None else None)
-
-
-def _strip(row: list[int], eos: int, pad: int) -> list[int]:
-    out = []
-    for token in row:
-        if token in (eos, pad):
-            break
-        out.append(token)
-    return out
 
 
 @torch.no_grad()

@@ -154,8 +154,8 @@ class Trainer:
         self.state = TrainState()
         self.step_losses: list[float] = []  # loss per target token of each update in this process
         self.step_records: list[tuple[float, int]] = []  # (perf_counter at the end, tgt tokens)
-        self._interrupted: Optional[str] = None
-        self._interrupt_code = 130
+        self._interrupted: Optional[signal.Signals] = None
+        self._plots_work = True
         if checkpoint:
             self._restore(checkpoint)
         save_config(config, self.output_dir / "config.yaml")
@@ -339,7 +339,7 @@ class Trainer:
         """Heatmaps of the first ``plot_attention`` validation sentences, to watch the
         alignment sharpen (needs matplotlib; skipped with a warning when it is missing)."""
         count = min(self.cfg.plot_attention, len(self.valid_split or []))
-        if not count:
+        if not count or not self._plots_work:
             return
         from s2s.inference import Translator
         from s2s.plotting import plot_translation
@@ -352,7 +352,7 @@ class Trainer:
         except Exception as err:  # a plot must never end a training run
             log.warning("attention plots skipped: %s", str(err).splitlines()[0] if str(err)
                         else type(err).__name__)
-            self.cfg.plot_attention = 0
+            self._plots_work = False
         finally:
             self.model.train()
 
@@ -387,10 +387,9 @@ class Trainer:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._interrupted:  # a second Ctrl-C while saving is ignored, not fatal
             return
-        self._interrupted = signal.Signals(signum).name
-        self._interrupt_code = 128 + signum
+        self._interrupted = signal.Signals(signum)
         log.info("%s received: finishing the current step, then saving last.pt",
-                 self._interrupted)
+                 self._interrupted.name)
 
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.state.step >= self.cfg.max_steps
@@ -457,10 +456,11 @@ class Trainer:
                 self.save("last.pt", last_scores)
                 bar.close()
                 raise TrainingStopped(
-                    f"interrupted by {self._interrupted} at step {self.state.step}; last.pt saved "
+                    f"interrupted by {self._interrupted.name} at step {self.state.step}; last.pt "
+                    f"saved "
                     f"in '{self.output_dir}'. Continue with: python train.py --config "
                     f"{self.output_dir / 'config.yaml'} --resume auto",
-                    exit_code=self._interrupt_code)
+                    exit_code=128 + self._interrupted.value)
         bar.close()
         self.state.finished = True
         if self.valid_split is not None and self.state.validated_step != self.state.step:
