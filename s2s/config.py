@@ -41,7 +41,11 @@ def _sub(factory: type) -> Any:
 # --------------------------------------------------------------------------------------- data
 @dataclass
 class TokenizerConfig:
-    """SentencePiece settings; the model is trained on the training split and cached in the run."""
+    """SentencePiece settings; the model is trained on the training split and cached in the run,
+    unless ``model`` names an existing ``.model`` file (shared by source and target; then the
+    training settings below are not used)."""
+
+    model: Optional[str] = None
 
     joint: bool = True
     vocab_size: int = _num(8000, 8)
@@ -327,6 +331,9 @@ def _check_data(cfg: Config) -> None:
     if data.src_lang == data.tgt_lang and data.corpus != "toy":
         raise ConfigError(f"config keys 'data.src_lang'/'data.tgt_lang': both are "
                           f"'{data.src_lang}'; they must differ")
+    if data.tokenizer.model is not None and not data.tokenizer.joint:
+        raise ConfigError("config key 'data.tokenizer.model': one model serves both languages; "
+                          "it needs data.tokenizer.joint: true")
     if len(cfg.training.betas) != 2 or not all(0 <= b < 1 for b in cfg.training.betas):
         raise ConfigError(f"config key 'training.betas': expected two numbers in [0, 1), "
                           f"got {cfg.training.betas}")

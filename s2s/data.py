@@ -105,8 +105,13 @@ def _train_tokenizer(sentences: list[str], vocab_size: int, cfg: DataConfig) -> 
 
 def build_tokenizers(cfg: DataConfig, train: ParallelText,
                      cache_dir: Optional[Path]) -> Tokenizers:
-    """Train SentencePiece on the training split, or reuse the copy cached in ``cache_dir``
-    when it was trained on the same text with the same settings."""
+    """Load the configured SentencePiece model, or train one on the training split, or reuse
+    the copy cached in ``cache_dir`` when it was trained on the same text with the same
+    settings."""
+    if cfg.tokenizer.model is not None:
+        shared = Tokenizer.from_file(cfg.tokenizer.model)
+        log.info("using the SentencePiece model %s (%d ids)", cfg.tokenizer.model, len(shared))
+        return Tokenizers(shared, shared)
     fingerprint = _fingerprint(cfg, train)
     names = ("joint",) if cfg.tokenizer.joint else ("src", "tgt")
     if cache_dir is not None:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from s2s.attention import Attention
 from s2s.encoder import EncoderOutput
+from s2s.recurrent import SteppedLSTM
 
 
 class Memory(NamedTuple):
@@ -112,19 +113,33 @@ class Decoder(nn.Module):
     def step(self, prev_tokens: Tensor, state: DecoderState,
              memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
         """One step. prev_tokens ``[B]`` → ṽ(t) ``[B, attentional_size]``, s(t), α(t) ``[B, S]``."""
-        inputs = [self.embedding(prev_tokens)]
+        embedded = self.dropout(self.embedding(prev_tokens))
+        context, output, state, weights = self._recur(embedded, state, memory)
+        vector = self._attentional_vector(context, output)
         if self.input_feeding:
-            inputs.append(state.feed)
+            state = state._replace(feed=vector)
+        return vector, state, weights
+
+    def _recur(self, embedded: Tensor, state: DecoderState,
+               memory: Memory) -> tuple[Tensor, Tensor, DecoderState, Tensor]:
+        """The recurrent part of a step from the (dropped-out) embedded previous tokens
+        ``[B, E]``: a(t) ``[B, C]``, s(t) ``[B, D]`` (top layer), the new state (``feed``
+        unchanged) and α(t) ``[B, S]``."""
+        extra = [state.feed] if self.input_feeding else []
         if self.attention.uses_previous_state:
             context, weights = self.attention(state.hidden[-1].unsqueeze(1), *memory)
-            inputs.append(context.squeeze(1))
-        rnn_input = self.dropout(torch.cat(inputs, dim=-1)).unsqueeze(1)  # [B, 1, I]
+            extra.append(context.squeeze(1))
+        inputs = [embedded, self.dropout(torch.cat(extra, dim=-1))] if extra else [embedded]
+        rnn_input = torch.cat(inputs, dim=-1).unsqueeze(1)  # [B, 1, I]
         output, (hidden, cell) = self.rnn(rnn_input, (state.hidden, state.cell))
         if not self.attention.uses_previous_state:
             context, weights = self.attention(output, *memory)
-        vector = torch.tanh(self.attentional(torch.cat([context, output], dim=-1))).squeeze(1)
-        feed = vector if self.input_feeding else state.feed
-        return vector, DecoderState(hidden, cell, feed), weights.squeeze(1)
+        return (context.squeeze(1), output.squeeze(1), DecoderState(hidden, cell, state.feed),
+                weights.squeeze(1))
+
+    def _attentional_vector(self, context: Tensor, output: Tensor) -> Tensor:
+        """ṽ = tanh(W_v [a; s]) ``[..., attentional_size]`` from a, s ``[..., C]``, ``[..., D]``."""
+        return torch.tanh(self.attentional(torch.cat([context, output], dim=-1)))
 
     def forward(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
                 teacher_forcing_ratio: float = 1.0,
@@ -133,9 +148,12 @@ class Decoder(nn.Module):
 
         Returns ṽ(1..T) ``[B, T, attentional_size]`` and α ``[B, T, S]``. With a ratio below
         1, each sentence's input at step t is the gold token with that probability, else the
-        model's own argmax from step t-1 (scheduled sampling).
+        model's own argmax from step t-1 (scheduled sampling). ``force_loop`` runs the plain
+        reference path, :meth:`step` after step, instead of the faster equivalent ones.
         """
-        if self.runs_loop_free and teacher_forcing_ratio >= 1.0 and not force_loop:
+        if force_loop:
+            return self._forward_stepwise(tgt_in, state, memory, teacher_forcing_ratio)
+        if self.runs_loop_free and teacher_forcing_ratio >= 1.0:
             return self._forward_parallel(tgt_in, state, memory)
         return self._forward_loop(tgt_in, state, memory, teacher_forcing_ratio)
 
@@ -144,11 +162,48 @@ class Decoder(nn.Module):
         rnn_input = self.dropout(self.embedding(tgt_in))                  # [B, T, E]
         outputs, _ = self.rnn(rnn_input, (state.hidden, state.cell))      # [B, T, D]
         context, weights = self.attention(outputs, *memory)               # [B, T, C], [B, T, S]
-        vectors = torch.tanh(self.attentional(torch.cat([context, outputs], dim=-1)))
-        return vectors, weights
+        return self._attentional_vector(context, outputs), weights
 
     def _forward_loop(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
                       teacher_forcing_ratio: float) -> tuple[Tensor, Tensor]:
+        if self.input_feeding or teacher_forcing_ratio < 1.0:
+            return self._forward_stepwise(tgt_in, state, memory, teacher_forcing_ratio)
+        # Nothing from ṽ(t) feeds step t+1: only the recurrence runs step by step, and the
+        # attentional layer runs once over all steps (one large product instead of T small).
+        embedded = self.dropout(self.embedding(tgt_in))  # [B, T, E]: one lookup, one mask
+        contexts, outputs, weights = [], [], []
+        if self.num_layers == 1 and self.attention.uses_previous_state:
+            contexts, outputs, weights = self._bahdanau_stepped(embedded, state, memory)
+        else:
+            for step_input in embedded.unbind(1):
+                context, output, state, alpha = self._recur(step_input, state, memory)
+                contexts.append(context)
+                outputs.append(output)
+                weights.append(alpha)
+        vectors = self._attentional_vector(torch.stack(contexts, dim=1),
+                                           torch.stack(outputs, dim=1))
+        return vectors, torch.stack(weights, dim=1)
+
+    def _bahdanau_stepped(self, embedded: Tensor, state: DecoderState,
+                          memory: Memory) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The Bahdanau recurrence over all steps with :class:`~s2s.recurrent.SteppedLSTM`
+        (the embedding half of the LSTM input projected once, weight gradients summed once):
+        a(t), s(t) ``[B, *]`` and α(t) ``[B, S]`` per step, as :meth:`_recur` computes them."""
+        lstm = SteppedLSTM(self.rnn, embedded.size(-1))
+        hidden = state.hidden[0]
+        lstm.start(embedded, hidden, state.cell[0])
+        contexts, outputs, weights = [], [], []
+        for t in range(embedded.size(1)):
+            context, alpha = self.attention(hidden.unsqueeze(1), *memory)
+            context = context.squeeze(1)
+            hidden = lstm.step(t, self.dropout(context))
+            contexts.append(context)
+            outputs.append(hidden)
+            weights.append(alpha.squeeze(1))
+        return contexts, outputs, weights
+
+    def _forward_stepwise(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
+                          teacher_forcing_ratio: float) -> tuple[Tensor, Tensor]:
         vectors, weights = [], []
         prev = tgt_in[:, 0]
         for t in range(tgt_in.size(1)):

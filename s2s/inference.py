@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from s2s.checkpoint import load_checkpoint
 from s2s.config import Config, config_from_dict
@@ -78,10 +80,30 @@ def model_from_state(state: dict, device: torch.device, source: str = "checkpoin
     return Translator(model, tokenizers, config, device)
 
 
-def load_translator(path: str | Path, device: str = "auto") -> Translator:
-    """Everything needed to translate, from one checkpoint file."""
-    resolved = resolve_device(device)
-    return model_from_state(load_checkpoint(path, map_location="cpu"), resolved, str(path))
+def load_translator(path: str | Path, device: str = "auto", int8: bool = False) -> Translator:
+    """Everything needed to translate, from one checkpoint file; ``int8``: see
+    :func:`quantize_int8`."""
+    resolved = resolve_device("cpu" if int8 and device == "auto" else device)
+    if int8 and resolved.type != "cpu":
+        raise ConfigError("int8 decoding runs on the CPU only; add --device cpu")
+    translator = model_from_state(load_checkpoint(path, map_location="cpu"), resolved, str(path))
+    if int8:
+        translator.model = quantize_int8(translator.model)
+    return translator
+
+
+def quantize_int8(model: Seq2Seq) -> Seq2Seq:
+    """Dynamic int8 quantization for CPU decoding: the weights of every linear layer and LSTM
+    are stored as int8 (per tensor) and activations are quantized on the fly, so the output
+    projection and the LSTM steps run as int8 matrix products (fbgemm). Faster, slightly
+    different numbers: on Multi30k BLEU moved by about 0.1 (docs/benchmarks.md)."""
+    quantization = getattr(getattr(torch, "ao", None), "quantization", None)
+    if quantization is None or not hasattr(quantization, "quantize_dynamic"):
+        raise ConfigError(f"int8 decoding needs torch.ao.quantization, which torch "
+                          f"{torch.__version__} does not have; decode without --int8")
+    with warnings.catch_warnings():  # its deprecation notices are not the user's concern
+        warnings.simplefilter("ignore")
+        return quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
 
 
 def resolve_device(name: str) -> torch.device:

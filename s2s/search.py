@@ -103,43 +103,51 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
 
     Each step scores every (beam, token) extension, keeps the 2·K best per sentence, sets aside
     the EOS extensions that rank among the top K as finished hypotheses, and continues with the
-    K best non-EOS ones. A sentence is done when it has K finished hypotheses or reaches its
-    length limit (its live beams are then finished as they are); done sentences leave the
-    batch, so they cost nothing further, and the search stops when none is left. Returns the
-    ``n_best`` hypotheses of each sentence, best first.
+    K best non-EOS ones. A sentence is done when it has K finished hypotheses, when its
+    ``n_best`` best finished scores can no longer be beaten by any live beam (log-probabilities
+    only fall, so a live beam's best reachable score is bounded; stopping then changes nothing
+    in the result), or when it reaches its length limit (its live beams are then finished as
+    they are). Done sentences leave the batch, so they cost nothing further, and the search
+    stops when none is left. Returns the ``n_best`` hypotheses of each sentence, best first.
     """
     special, beams = model.special, beam_size
     device = src.device
+    # The first step runs one row per sentence (all beams would be identical); from then on
+    # each sentence has ``beams`` rows.
     memory, state = model.encode(src, src_lengths)
-    rows = torch.arange(src.size(0), device=device).repeat_interleave(beams)
-    memory, state = memory.select(rows), state.select(rows)
     limits = max_lengths.to(device)
     active = torch.arange(src.size(0), device=device)  # original index of each live sentence
-    beam_scores = torch.full((src.size(0), beams), float("-inf"), device=device)
-    beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    prev = torch.full((rows.numel(),), special.bos, dtype=torch.long, device=device)
-    history = torch.empty(rows.numel(), 0, dtype=torch.long, device=device)
-    attention = torch.empty(rows.numel(), 0, src.size(1), device=device)
+    beam_scores = torch.zeros(src.size(0), 1, device=device)
+    prev = torch.full((src.size(0),), special.bos, dtype=torch.long, device=device)
+    history = torch.empty(src.size(0), 0, dtype=torch.long, device=device)
+    attention = torch.empty(src.size(0), 0, src.size(1), device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     finished_count = torch.zeros(src.size(0), dtype=torch.long, device=device)
+    kth_best = torch.full((src.size(0),), float("-inf"), device=device)  # n_best-th finished
     beam_range = torch.arange(beams, device=device)
 
     def finish(hits: Tensor, rows: Tensor, scores: Tensor, with_eos: bool) -> None:
         """Set aside hypotheses ``hits [N, 2]`` = (live sentence, column) of ``rows``/``scores``."""
         for b, col in hits.tolist():
             row = int(rows[b, col])
-            finished[int(active[b])].append(_hypothesis(
-                history[row].tolist(), float(scores[b, col]), alpha,
-                attention[row] if keep_attention else None, with_eos))
+            hyps = finished[int(active[b])]
+            hyps.append(_hypothesis(history[row].tolist(), float(scores[b, col]), alpha,
+                                    attention[row] if keep_attention else None, with_eos))
+            if len(hyps) >= n_best:
+                kth_best[b] = sorted((h.score for h in hyps), reverse=True)[n_best - 1]
 
     for t in range(int(limits.max())):
-        batch = active.numel()
-        offsets = (torch.arange(batch, device=device) * beams).unsqueeze(1)
+        batch, width = beam_scores.shape
+        offsets = (torch.arange(batch, device=device) * width).unsqueeze(1)
         log_probs, state, alpha_t = model.step(prev, state, memory)
         vocab = log_probs.size(-1)
         candidates = (beam_scores.view(-1, 1) + _forbid_specials(log_probs, special))
-        top_scores, top_ids = candidates.view(batch, -1).topk(2 * beams, dim=-1)  # [B, 2K]
-        origin, tokens = top_ids // vocab, top_ids % vocab
+        candidates = candidates.view(batch, -1)
+        if candidates.size(1) < 2 * beams:  # a tiny vocabulary at the first step
+            candidates = torch.nn.functional.pad(candidates, (0, 2 * beams - candidates.size(1)),
+                                                 value=float("-inf"))
+        top_scores, top_ids = candidates.topk(2 * beams, dim=-1)  # [B, 2K]
+        origin, tokens = (top_ids // vocab).clamp(max=width - 1), top_ids % vocab
         is_eos = tokens == special.eos
         if keep_attention:
             attention = torch.cat([attention, alpha_t.unsqueeze(1)], dim=1)
@@ -158,11 +166,15 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
             attention = attention.index_select(0, source_rows)
         # ---- sentences at their length limit finish their live beams as they are
         at_limit = limits <= t + 1
+        offsets = (torch.arange(batch, device=device) * beams).unsqueeze(1)
         finish((at_limit[:, None] & torch.isfinite(beam_scores)).nonzero(), beam_range + offsets,
                beam_scores, with_eos=False)
-        done = at_limit | (finished_count >= beams)
+        unbeatable = kth_best >= _best_reachable(beam_scores[:, 0], t + 1, limits, alpha)
+        done = at_limit | (finished_count >= beams) | unbeatable
         if bool(done.all()):
             break
+        if width == 1 and beams > 1:
+            memory = memory.select(torch.arange(batch, device=device).repeat_interleave(beams))
         # ---- done sentences leave the batch; the rows of the others are gathered once
         if bool(done.any()):
             live = (~done).nonzero().squeeze(1)
@@ -175,8 +187,20 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
             active, limits = active.index_select(0, live), limits.index_select(0, live)
             beam_scores = beam_scores.index_select(0, live)
             finished_count = finished_count.index_select(0, live)
+            kth_best = kth_best.index_select(0, live)
         state = state.select(source_rows)
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
+
+
+def _best_reachable(log_probs: Tensor, length: int, limits: Tensor, alpha: float) -> Tensor:
+    """Upper bound ``[B]`` on the final score of live beams with summed ``log_probs [B]`` (≤ 0)
+    and ``length`` tokens: more tokens only lower the sum, and the penalty can at most reach its
+    value at the shortest (length + 1 with EOS) or longest (the limit) finish."""
+    if alpha == 0.0:
+        return log_probs
+    shortest = length_penalty(length + 1, alpha)
+    longest = ((5.0 + limits.float()) / 6.0) ** alpha
+    return log_probs / torch.clamp(longest, min=shortest)
 
 
 def _hypothesis(tokens: list[int], log_prob: float, alpha: float, attention: Optional[Tensor],

@@ -189,8 +189,9 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        # fused: one kernel per parameter tensor for the whole update (CPU and CUDA)
         return cls(self.model.parameters(), lr=self.cfg.learning_rate,
-                   betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+                   betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay, fused=True)
 
     def _make_scheduler(self) -> Any:
         sched = self.cfg.scheduler

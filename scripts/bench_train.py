@@ -46,10 +46,13 @@ def main(argv=None) -> int:
                         help="updates to time (at least 10; the first 20%% are warm-up)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="train in DIR and keep its checkpoint (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.steps < 10:
         parser.error("--steps must be at least 10")
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.keep or scratch
         config = load_config(args.config, args.overrides + [
             f"training.output_dir={out}", f"training.max_steps={args.steps}",
             f"training.validate_every={10**9}", "training.progress_bar=false",

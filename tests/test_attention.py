@@ -117,3 +117,17 @@ def test_multihead_uses_heads_of_size_d_over_h():
     assert attention.head_size == 4 and attention.context_size == 16
     with pytest.raises(ValueError):
         build_attention("multihead", 16, 12, num_heads=3)
+
+
+def test_fast_tanh_matches_torch_tanh_and_its_gradient():
+    from s2s.attention import fast_tanh_
+    x = torch.randn(4, 3, 7, 16) * 4
+    with torch.no_grad():
+        torch.testing.assert_close(fast_tanh_(x.clone()), torch.tanh(x), atol=1e-6, rtol=0)
+    leaf = x.clone().requires_grad_()
+    y = fast_tanh_(leaf * 1.0)
+    weights = torch.randn_like(x)
+    (y * weights).sum().backward()
+    torch.testing.assert_close(leaf.grad, weights * (1 - torch.tanh(x) ** 2), atol=1e-6, rtol=0)
+    leaf64 = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: fast_tanh_(z * 1.0), (leaf64,))

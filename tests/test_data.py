@@ -361,3 +361,63 @@ def test_load_dataset_toy_end_to_end(tmp_path):
     assert len(data.splits["valid"]) == HELD_OUT_SIZE
     tok = data.tokenizers.tgt
     assert tok.decode(data.splits["valid"].tgt_ids[0]) == data.splits["valid"].references[0]
+
+
+def _external_spm(path: Path) -> Path:
+    """A SentencePiece model numbered like most external ones: unk/bos/eos = 0/1/2, no pad."""
+    import sentencepiece as spm
+    sentences = [f"the {w} sat on the mat number {i}" for i, w in
+                 enumerate(["cat", "dog", "bird", "fish", "cow"] * 40)]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(path),
+                                   vocab_size=40, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
+    return path.with_suffix(".model")
+
+
+def test_external_spm_model_ids_are_remapped(tmp_path):
+    import sentencepiece as spm
+    model = _external_spm(tmp_path / "ext")
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    tok = Tokenizer.from_file(str(model))
+    assert len(tok) == sp.get_piece_size() + 1  # a padding id is added
+    text = "the cat sat on the mat number 7"
+    ids = tok.encode(text)
+    assert ids == [i + 1 for i in sp.encode(text)]  # pad comes first, the rest shift by one
+    assert not {0, 2, 3} & set(ids)  # no ordinary piece lands on pad/bos/eos
+    assert tok.decode([2] + ids + [3, 0]) == text
+    assert tok.pieces(text) == tok.id_to_piece(ids)
+    assert tok.id_to_piece([0, 1, 2, 3]) == ["<pad>", "<unk>", "<s>", "</s>"]
+    assert tok.encode_batch([text, ""]) == [ids, []]
+
+
+def test_own_spm_model_ids_are_unchanged(toy_tokenizers):
+    tok = toy_tokenizers.src
+    text = "abc"
+    assert tok.encode(text) == tok._sp.encode(text)
+    assert len(tok) == tok._sp.get_piece_size()
+
+
+def test_configured_spm_model_is_used_for_both_sides(tmp_path):
+    model = _external_spm(tmp_path / "ext")
+    cfg = DataConfig(tokenizer=TokenizerConfig(model=str(model)))
+    train = ParallelText(["the cat"], ["the dog"], "x")
+    tokenizers = build_tokenizers(cfg, train, tmp_path / "cache")
+    assert tokenizers.src is tokenizers.tgt
+    assert tokenizers.src.model_bytes == model.read_bytes()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_or_bad_spm_model_is_clear(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.model: cannot read"):
+        Tokenizer.from_file(str(tmp_path / "nope.model"))
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(DataError, match=r"bad\.model: invalid SentencePiece model"):
+        Tokenizer.from_file(str(bad))
+
+
+def test_spm_model_needs_joint(tmp_path):
+    from s2s.config import ConfigError, config_from_dict
+    with pytest.raises(ConfigError, match="data.tokenizer.model.*joint: true"):
+        config_from_dict({"data": {"corpus": "toy", "tokenizer": {"model": "x.model",
+                                                                  "joint": False}}})

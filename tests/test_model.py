@@ -27,6 +27,29 @@ def test_encoder_states_do_not_depend_on_padding():
     torch.testing.assert_close(out_padded.final_cell[0], out_alone.final_cell[0])
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("lengths", [[9, 9, 4, 9, 4], [9, 8, 7, 6, 5, 4, 3, 2, 1]])
+def test_grouped_encoder_equals_packed(bidirectional, lengths):
+    """Equal-length groups run as fused unpadded calls: same states, final states, gradients."""
+    from s2s.encoder import Encoder
+    torch.manual_seed(0)
+    encoder = Encoder(20, 8, 6, num_layers=2, bidirectional=bidirectional, dropout=0.0,
+                      pad_id=0)
+    batch = collate([list(range(4, 4 + n)) for n in lengths], None, list(range(len(lengths))))
+    embedded = encoder.embedding(batch.src)
+    distinct = batch.src_lengths.unique().tolist()
+    results = []
+    for run in (lambda: encoder._run_packed(embedded, batch.src_lengths),
+                lambda: encoder._run_grouped(embedded, batch.src_lengths, distinct)):
+        encoder.zero_grad()
+        states, (h_n, c_n) = run()
+        (states.sin().sum() + h_n.cos().sum() + c_n.sum()).backward(retain_graph=True)
+        results.append((states, h_n, c_n, [p.grad.clone() for p in encoder.rnn.parameters()]))
+    (s1, h1, c1, g1), (s2, h2, c2, g2) = results
+    for a, b in [(s1, s2), (h1, h2), (c1, c2), *zip(g1, g2)]:
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("name", ATTENTION_NAMES)
 def test_decoder_output_shapes(name):
     model = tiny_model(name).eval()
@@ -42,11 +65,14 @@ def test_decoder_output_shapes(name):
     assert log_probs.shape == (batch.size, 20) and alpha.shape == (batch.size, batch.src.size(1))
 
 
-@pytest.mark.parametrize("name", LUONG)
-def test_loop_free_path_equals_step_by_step(name):
-    """Full teacher forcing without input feeding: same loss and gradients either way."""
-    model = tiny_model(name, num_layers=2)
-    assert model.decoder.runs_loop_free
+@pytest.mark.parametrize("name,num_layers", [(name, 2) for name in ATTENTION_NAMES]
+                         + [("bahdanau", 1), ("general", 1)])
+def test_fast_paths_equal_step_by_step(name, num_layers):
+    """Full teacher forcing without input feeding: the loop-free Luong path, the Bahdanau loop
+    with one attentional product and (one layer) the hand-stepped LSTM with deferred weight
+    gradients give the loss and gradients of step() after step()."""
+    model = tiny_model(name, num_layers=num_layers)
+    assert model.decoder.runs_loop_free == (name != "bahdanau")
     batch = random_batch(seed=3)
     model.eval()  # no dropout, so both paths see identical inputs
     fast = model(batch)
@@ -149,3 +175,26 @@ def test_tiny_model_overfits_a_handful_of_pairs(name):
     model.eval()
     hyps = greedy_search(model, batch.src, batch.src_lengths, torch.full((len(pairs),), 8))
     assert [h.tokens for h in hyps] == [p[1] for p in pairs]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_loss_and_gradients_match_torch_cross_entropy(smoothing):
+    model = tiny_model("general").eval()
+    batch = random_batch(seed=2)
+    out = model(batch, label_smoothing=smoothing)
+    out.loss.backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    memory, state = model.encode(batch.src, batch.src_lengths)
+    vectors, _ = model.decoder(batch.tgt_in, state, memory)
+    logits = model.decoder.project(vectors[batch.tgt_mask])
+    gold = batch.tgt_out[batch.tgt_mask]
+    expected = torch.nn.functional.cross_entropy(logits, gold, reduction="sum",
+                                                 label_smoothing=smoothing)
+    expected.backward()
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.nll, torch.nn.functional.cross_entropy(
+        logits, gold, reduction="sum").detach())
+    assert not out.nll.requires_grad
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(fused[name], param.grad, msg=name)

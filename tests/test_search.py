@@ -118,3 +118,43 @@ def test_attention_is_kept_for_plotting():
         assert hyp.attention.shape[1] == src.size(1)
         assert hyp.attention.shape[0] in (len(hyp.tokens), len(hyp.tokens) + 1)
         torch.testing.assert_close(hyp.attention.sum(-1), torch.ones(hyp.attention.shape[0]))
+
+
+class _CountingModel:
+    """Wraps a model and counts decoder steps (batch rows summed over steps)."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, 0
+        self.special = model.special
+
+    def encode(self, *args):
+        return self.model.encode(*args)
+
+    def step(self, prev, state, memory):
+        self.rows += prev.numel()
+        return self.model.step(prev, state, memory)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+@pytest.mark.parametrize("n_best", [1, 3])
+def test_stopping_when_unbeatable_changes_no_result(monkeypatch, alpha, n_best):
+    import s2s.search as search_module
+    model = tiny_model("bahdanau", seed=5).eval()
+    with torch.no_grad():
+        model.decoder.output.weight *= 4.0  # peaked distributions ...
+        model.decoder.output.bias[SPECIAL.eos] += 0.5  # ... that finish early and late
+    src, lengths = encode(SOURCES)
+    limits = torch.full((len(SOURCES),), 6)
+    pruned = _CountingModel(model)
+    fast = beam_search(pruned, src, lengths, limits, 6, alpha, n_best)
+    monkeypatch.setattr(search_module, "_best_reachable",
+                        lambda scores, *_: torch.full_like(scores, float("inf")))
+    exhaustive = _CountingModel(model)
+    slow = beam_search(exhaustive, src, lengths, limits, 6, alpha, n_best)
+    for field in ("tokens", "score"):
+        assert [[getattr(h, field) for h in hyps] for hyps in fast] == \
+            [[getattr(h, field) for h in hyps] for hyps in slow]
+    assert all(len(hyps) == n_best for hyps in fast)
+    assert pruned.rows <= exhaustive.rows
+    if alpha == 0.0 or n_best == 1:  # here the bound is tight enough to stop some early
+        assert pruned.rows < exhaustive.rows

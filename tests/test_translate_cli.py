@@ -99,3 +99,23 @@ def test_beam_is_at_least_as_good_as_greedy_on_held_out_data(toy_run):
     beam = translator.translate(test.src, beam_size=5)
     exact = lambda hyps: sum(h == r for h, r in zip(hyps, test.tgt))  # noqa: E731
     assert exact(beam) >= exact(greedy) - 1
+
+
+def test_int8_decoding_keeps_the_toy_task_solved(lonely_checkpoint):
+    cwd = lonely_checkpoint.parent
+    result = run(ROOT / "evaluate.py", "--checkpoint", lonely_checkpoint, "--split", "test",
+                 "--beam", "3", "--int8", "--json", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["device"] == "cpu int8" and scores["bleu"] >= 98.0
+    translator = load_translator(lonely_checkpoint, "cpu", int8=True)
+    assert "quantized" in type(translator.model.decoder.output).__module__
+    assert "quantized" in type(translator.model.decoder.rnn).__module__
+    assert translator.translate(["a b c", ""]) == ["c b a", ""]
+
+
+def test_int8_refuses_cuda(lonely_checkpoint):
+    result = run(ROOT / "scripts" / "translate.py", "--checkpoint", lonely_checkpoint,
+                 "--int8", "--device", "cuda", cwd=lonely_checkpoint.parent, stdin="a\n")
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""s2s against JoeyNMT and OpenNMT-py on the same data and model, one after the other.
+
+    python scripts/bench.py                      # s2s, then both peers (~20 min on 2 cores)
+    python scripts/bench.py --peers-from RUNS/peers/results.json   # reuse a peer run
+
+Uses the peers' prepared data and install scripts (``../shared/bench/peers``: run
+``install_joeynmt.sh``, ``install_opennmt_torch213.sh`` and ``prepare_data.sh`` first). s2s
+reads the same raw text with the same 8k joint SentencePiece model (``spm8k.model``).
+
+Measured, each in its own process under ``/usr/bin/time -v`` (peak RSS):
+
+* training of the matched Bahdanau model (``configs/bench_matched.yaml``): real target tokens/s
+  over the last 80% of updates, as the peers' parser computes it; s2s and OpenNMT-py train
+  ``--updates`` (250), JoeyNMT ``--joey-updates`` (150, its slower pace);
+* the loop-free Luong variant (general attention, no input feeding, same sizes), s2s only;
+* greedy and beam-5 decoding of test_2016_flickr (1000 sentences) with each toolkit's final
+  checkpoint: batches of 64 sentences, at most 100 output tokens, no length penalty; time as
+  the toolkit's own timer reports it (model loading excluded), BLEU with sacrebleu; s2s also
+  with ``--int8`` (dynamic int8 weights).
+
+Prints one markdown table with the s2s/peer ratios; ``--json`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_DIR = ROOT.parent / "shared" / "bench" / "peers"
+TEST = "test_2016_flickr"
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+REUSE = False  # --resume: steps whose log records a successful run are not run again
+
+
+def completed(log: Path) -> bool:
+    """Whether the step logged in ``log`` ran to a successful end."""
+    timing = log.with_suffix(".time")
+    return timing.is_file() and "Exit status: 0" in timing.read_text()
+
+
+def timed(cmd: list[str], log: Path, env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Run ``cmd`` under ``/usr/bin/time -v``; stdout+stderr go to ``log``. Returns the last
+    stdout line and the peak RSS (MiB)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    timing = log.with_suffix(".time")
+    if not (REUSE and completed(log)):
+        with open(log, "w", encoding="utf-8") as out:
+            code = subprocess.call(["/usr/bin/time", "-v", "-o", str(timing)] + cmd, stdout=out,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        if code != 0:
+            fail(f"{' '.join(cmd[:3])} ... exited with {code}; see {log}")
+    rss = next(int(line.split(":")[1]) / 1024 for line in timing.read_text().splitlines()
+               if "Maximum resident set size" in line)
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {"last_line": lines[-1] if lines else "", "peak_rss_mib": rss}
+
+
+# ------------------------------------------------------------------------------------ s2s
+def s2s_data_overrides(data: Path) -> list[str]:
+    return ["data.corpus=files", f"data.train={data}/train.raw", f"data.valid={data}/val.raw",
+            f"data.test={data}/{TEST}.raw", f"data.tokenizer.model={data}/spm8k.model"]
+
+
+def s2s_train(name: str, data: Path, runs: Path, updates: int, extra: list[str]) -> dict:
+    out = runs / name
+    if not (REUSE and completed(runs / f"{name}.log")):
+        shutil.rmtree(out, ignore_errors=True)
+    sets = [arg for item in s2s_data_overrides(data) + extra for arg in ("--set", item)]
+    run = timed([sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--config",
+                 str(ROOT / "configs" / "bench_matched.yaml"), "--steps", str(updates),
+                 "--json", "--keep", str(out)] + sets, runs / f"{name}.log")
+    result = json.loads(run["last_line"])
+    result["peak_rss_mib"] = run["peak_rss_mib"]
+    result["checkpoint"] = str(out / "last.pt")
+    return result
+
+
+def s2s_decode(checkpoint: str, data: Path, runs: Path, beam: int, int8: bool = False) -> dict:
+    tag = f"beam{beam}" + ("_int8" if int8 else "")
+    run = timed([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", checkpoint,
+                 "--src", f"{data}/{TEST}.raw.de", "--ref", f"{data}/{TEST}.raw.en",
+                 "--beam", str(beam), "--batch-size", "64", "--output",
+                 str(runs / f"s2s_{tag}.hyp"), "--json"] + (["--int8"] if int8 else []),
+                runs / f"s2s_decode_{tag}.log")
+    scores = json.loads(run["last_line"])
+    return {"sent_per_s": scores["sentences_per_second"], "out_tok_s": scores["tokens_per_second"],
+            "bleu": scores["bleu"], "peak_rss_mib": run["peak_rss_mib"]}
+
+
+# ---------------------------------------------------------------------------------- peers
+def prepare_peer_files(data: Path) -> None:
+    """Two files the peers' configs read but prepare_data.py does not write: JoeyNMT's dev set
+    (the first 100 validation lines) and OpenNMT-py's vocabulary ("piece count" lines)."""
+    for lang in ("de", "en"):
+        dev = data / f"val100.sp.{lang}"
+        if not dev.is_file():
+            lines = (data / f"val.sp.{lang}").read_text(encoding="utf-8").splitlines()[:100]
+            dev.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    onmt_vocab = data / "vocab.joint.onmt"
+    if not onmt_vocab.is_file():
+        pieces = (data / "vocab.joint.txt").read_text(encoding="utf-8").splitlines()
+        onmt_vocab.write_text("".join(f"{piece} 1\n" for piece in pieces), encoding="utf-8")
+
+
+def run_peers(peers: Path, runs: Path, updates: int, joey_updates: int) -> dict:
+    """Train and decode with both peers through their own scripts (their runs go under
+    ``runs/peers``); parse with their parser."""
+    logs, runs = runs / "peer_logs", runs / "peers"
+    env = {"RUNS": str(runs)}
+    prepare_peer_files(Path(os.environ.get("DATA", "/tmp/anchors-data")))
+    for toolkit, name, steps in (("joeynmt", "joey_train_r1", joey_updates),
+                                 ("opennmt", "onmt_train_r1", updates)):
+        print(f"[peers] training {toolkit} for {steps} updates", flush=True)
+        timed(["bash", str(peers / "run_train.sh"), toolkit, name, str(steps)],
+              logs / f"{name}.log", env)
+        for beam in (1, 5):
+            print(f"[peers] decoding with {toolkit}, beam {beam}", flush=True)
+            timed(["bash", str(peers / "run_decode.sh"), toolkit, name, str(beam)],
+                  logs / f"decode_{name}_beam{beam}.log", env)
+    python = Path(os.environ.get("VENV_DIR", "/tmp/anchors-venvs")) / "prep" / "bin" / "python"
+    timed([str(python), str(peers / "parse_results.py")], logs / "parse.log", env)
+    return json.loads((runs / "results.json").read_text())
+
+
+def peer_figures(results: dict) -> dict[str, dict]:
+    """{'JoeyNMT': {...}, 'OpenNMT-py': {...}} from the peers' parser output."""
+    figures: dict[str, dict] = {}
+    for label, prefix in (("JoeyNMT", "joey"), ("OpenNMT-py", "onmt")):
+        train = next(r for r in results["train"] if r["run"] == f"{prefix}_train_r1")
+        row = {"train_tok_s": train["tgt_tok_s"], "train_rss": train["peak_rss_mib"],
+               "updates": train["updates"], "tok_per_update": train["tgt_tok_per_batch"]}
+        for beam in (1, 5):
+            dec = next(r for r in results["decode"]
+                       if r["run"] == f"decode_{prefix}_train_r1_beam{beam}")
+            row[f"beam{beam}"] = {"sent_per_s": dec["sent_per_s"], "out_tok_s": dec["out_tok_s"],
+                                  "bleu": dec["bleu"], "peak_rss_mib": dec["peak_rss_mib"]}
+        figures[label] = row
+    return figures
+
+
+# ---------------------------------------------------------------------------------- table
+def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
+    systems = {"s2s": s2s, **peers}
+    names = list(systems)
+    header = "| | " + " | ".join(names + [f"s2s / {p}" for p in peers]) + " |"
+    lines = [header, "|---" * (1 + len(names) + len(peers)) + "|"]
+
+    def row(label: str, get, fmt: str = "{:.0f}", ratio: bool = True) -> None:
+        values = [get(systems[n]) for n in names]
+        cells = [fmt.format(v) if v is not None else "—" for v in values]
+        ratios = [f"{values[0] / get(systems[p]):.2f}×" if ratio and values[0] is not None
+                  and get(systems[p]) else "" for p in peers]
+        lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+
+    row("training, real target tok/s (Bahdanau)", lambda s: s["train_tok_s"])
+    if luong is not None:
+        rate = luong["tgt_tokens_per_s"]
+        cells = [f"{rate:.0f}"] + ["—"] * len(peers)
+        cells += [f"{rate / peers[p]['train_tok_s']:.2f}×" for p in peers]
+        lines.append("| training, real target tok/s (Luong general, loop-free) | "
+                     + " | ".join(cells) + " |")
+    row("updates (the first 20% not timed)", lambda s: s["updates"], ratio=False)
+    row("real target tokens per update", lambda s: s["tok_per_update"], ratio=False)
+    row("training peak RSS, MiB", lambda s: s["train_rss"])
+    for beam, label in ((1, "greedy"), (5, "beam 5")):
+        row(f"{label}: sentences/s", lambda s, b=beam: s[f"beam{b}"]["sent_per_s"], "{:.1f}")
+        row(f"{label}: output tokens/s", lambda s, b=beam: s[f"beam{b}"]["out_tok_s"])
+        row(f"{label}: BLEU", lambda s, b=beam: s[f"beam{b}"]["bleu"], "{:.2f}", ratio=False)
+        row(f"{label}: peak RSS, MiB", lambda s, b=beam: s[f"beam{b}"]["peak_rss_mib"])
+        if f"beam{beam}_int8" in s2s:
+            int8 = s2s[f"beam{beam}_int8"]
+            cells = [f"{int8['sent_per_s']:.1f}"] + ["—"] * len(peers)
+            cells += [f"{int8['sent_per_s'] / peers[p][f'beam{beam}']['sent_per_s']:.2f}×"
+                      for p in peers]
+            lines.append(f"| {label}, s2s --int8: sentences/s (BLEU {int8['bleu']:.2f}, "
+                         f"{int8['peak_rss_mib']:.0f} MiB) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/anchors-data"),
+                        help="the peers' prepared data (prepare_data.sh)")
+    parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
+    parser.add_argument("--runs", type=Path, default=Path("/tmp/s2s-bench"),
+                        help="where checkpoints, logs and hypotheses go")
+    parser.add_argument("--updates", type=int, default=250)
+    parser.add_argument("--joey-updates", type=int, default=150)
+    parser.add_argument("--peers-from", type=Path,
+                        help="a results.json from an earlier peer run instead of running them")
+    parser.add_argument("--s2s-only", action="store_true", help="measure s2s alone")
+    parser.add_argument("--no-luong", action="store_true", help="skip the loop-free variant")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the steps an interrupted run in --runs completed")
+    args = parser.parse_args(argv)
+    global REUSE
+    REUSE = args.resume
+    for name in ["spm8k.model"] + [f"{s}.raw.{lang}" for s in ("train", "val", TEST)
+                                   for lang in ("de", "en")]:
+        if not (args.data / name).is_file():
+            fail(f"{args.data / name} is missing; run {args.peers_dir}/prepare_data.sh first")
+    if shutil.which("/usr/bin/time") is None:
+        fail("/usr/bin/time is needed for peak RSS (apt install time)")
+
+    runs = args.runs
+    print(f"[s2s] training bench_matched for {args.updates} updates", flush=True)
+    trained = s2s_train("s2s_bahdanau", args.data, runs, args.updates, [])
+    s2s = {"train_tok_s": trained["tgt_tokens_per_s"], "train_rss": trained["peak_rss_mib"],
+           "updates": trained["steps"], "tok_per_update": trained["tgt_tokens_per_update"]}
+    for beam in (1, 5):
+        print(f"[s2s] decoding, beam {beam}", flush=True)
+        s2s[f"beam{beam}"] = s2s_decode(trained["checkpoint"], args.data, runs, beam)
+        s2s[f"beam{beam}_int8"] = s2s_decode(trained["checkpoint"], args.data, runs, beam,
+                                             int8=True)
+    luong = None
+    if not args.no_luong:
+        print("[s2s] training the loop-free Luong variant", flush=True)
+        luong = s2s_train("s2s_luong", args.data, runs, args.updates,
+                          ["model.attention=general", "model.decoder.input_feeding=false"])
+    if args.s2s_only:
+        peers = {}
+    elif args.peers_from:
+        peers = peer_figures(json.loads(args.peers_from.read_text()))
+    else:
+        peers = peer_figures(run_peers(args.peers_dir, runs, args.updates, args.joey_updates))
+    print()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; s2s torch threads "
+          f"{trained['threads']}; padding efficiency (target) "
+          f"{trained['tgt_padding_efficiency']:.1%}")
+    print(table(s2s, luong, peers))
+    if args.json:
+        args.json.write_text(json.dumps({"s2s": s2s, "s2s_train": trained, "s2s_luong": luong,
+                                         "peers": peers}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
