@@ -171,10 +171,10 @@ class Decoder(nn.Module):
         # Nothing from ṽ(t) feeds step t+1: only the recurrence runs step by step, and the
         # attentional layer runs once over all steps (one large product instead of T small).
         embedded = self.dropout(self.embedding(tgt_in))  # [B, T, E]: one lookup, one mask
-        contexts, outputs, weights = [], [], []
         if self.num_layers == 1 and self.attention.uses_previous_state:
             contexts, outputs, weights = self._bahdanau_stepped(embedded, state, memory)
         else:
+            contexts, outputs, weights = [], [], []
             for step_input in embedded.unbind(1):
                 context, output, state, alpha = self._recur(step_input, state, memory)
                 contexts.append(context)

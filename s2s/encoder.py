@@ -21,10 +21,8 @@ class EncoderOutput(NamedTuple):
 class Encoder(nn.Module):
     """h(1..S) = LSTM(dropout(E·x(1..S))), dropout applied to the outputs as well.
 
-    Padding never enters the recurrence, so the states of a sentence do not depend on how much
-    padding its batch has. Length-bucketed batches hold few distinct source lengths; then each
-    group of equal-length sentences runs as one unpadded, fused LSTM call, which is faster than
-    the step-by-step packed-sequence path used otherwise.
+    Sequences are packed, so padding never enters the recurrence: the states of a sentence do
+    not depend on how much padding its batch has.
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int,
@@ -41,37 +39,11 @@ class Encoder(nn.Module):
     def forward(self, src: Tensor, lengths: Tensor) -> EncoderOutput:
         """src ``[B, S]`` token ids, lengths ``[B]`` (on the CPU or the device)."""
         embedded = self.dropout(self.embedding(src))
-        lengths = lengths.cpu()
-        distinct = lengths.unique()
-        if len(distinct) <= max(1, src.size(1) // 4):
-            states, (h_n, c_n) = self._run_grouped(embedded, lengths, distinct.tolist())
-        else:
-            states, (h_n, c_n) = self._run_packed(embedded, lengths)
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        packed_out, (h_n, c_n) = self.rnn(packed)
+        states, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
         return EncoderOutput(self.dropout(states), self._last_layer(h_n), self._last_layer(c_n))
-
-    def _run_packed(self, embedded: Tensor,
-                    lengths: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """states ``[B, S, output_size]`` and final (h, c) ``[layers × directions, B, H]``."""
-        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
-        packed_out, final = self.rnn(packed)
-        states, _ = pad_packed_sequence(packed_out, batch_first=True,
-                                        total_length=embedded.size(1))
-        return states, final
-
-    def _run_grouped(self, embedded: Tensor, lengths: Tensor,
-                     distinct: list[int]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """As :meth:`_run_packed`, one LSTM call per distinct length."""
-        batch, src_len, _ = embedded.shape
-        states = embedded.new_zeros(batch, src_len, self.output_size)
-        layers = self.rnn.num_layers * self.num_directions
-        h_n = embedded.new_empty(layers, batch, self.rnn.hidden_size)
-        c_n = torch.empty_like(h_n)
-        for length in distinct:
-            rows = (lengths == length).nonzero().squeeze(1).to(embedded.device)
-            out, (h, c) = self.rnn(embedded[rows, :length])
-            states[rows, :length] = out
-            h_n[:, rows], c_n[:, rows] = h, c
-        return states, (h_n, c_n)
 
     def _last_layer(self, final: Tensor) -> Tensor:
         """[layers × directions, B, H] -> [B, directions × H] for the top layer."""

@@ -27,29 +27,6 @@ def test_encoder_states_do_not_depend_on_padding():
     torch.testing.assert_close(out_padded.final_cell[0], out_alone.final_cell[0])
 
 
-@pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("lengths", [[9, 9, 4, 9, 4], [9, 8, 7, 6, 5, 4, 3, 2, 1]])
-def test_grouped_encoder_equals_packed(bidirectional, lengths):
-    """Equal-length groups run as fused unpadded calls: same states, final states, gradients."""
-    from s2s.encoder import Encoder
-    torch.manual_seed(0)
-    encoder = Encoder(20, 8, 6, num_layers=2, bidirectional=bidirectional, dropout=0.0,
-                      pad_id=0)
-    batch = collate([list(range(4, 4 + n)) for n in lengths], None, list(range(len(lengths))))
-    embedded = encoder.embedding(batch.src)
-    distinct = batch.src_lengths.unique().tolist()
-    results = []
-    for run in (lambda: encoder._run_packed(embedded, batch.src_lengths),
-                lambda: encoder._run_grouped(embedded, batch.src_lengths, distinct)):
-        encoder.zero_grad()
-        states, (h_n, c_n) = run()
-        (states.sin().sum() + h_n.cos().sum() + c_n.sum()).backward(retain_graph=True)
-        results.append((states, h_n, c_n, [p.grad.clone() for p in encoder.rnn.parameters()]))
-    (s1, h1, c1, g1), (s2, h2, c2, g2) = results
-    for a, b in [(s1, s2), (h1, h2), (c1, c2), *zip(g1, g2)]:
-        torch.testing.assert_close(a, b)
-
-
 @pytest.mark.parametrize("name", ATTENTION_NAMES)
 def test_decoder_output_shapes(name):
     model = tiny_model(name).eval()
