@@ -160,6 +160,12 @@ def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
     header = "| | " + " | ".join(names + [f"s2s / {p}" for p in peers]) + " |"
     lines = [header, "|---" * (1 + len(names) + len(peers)) + "|"]
 
+    def s2s_only_row(label: str, value: float, peer_value, fmt: str) -> None:
+        """A figure only s2s has, with its ratio to each peer's ``peer_value(peer)``."""
+        cells = [fmt.format(value)] + ["—"] * len(peers)
+        cells += [f"{value / peer_value(peers[p]):.2f}×" for p in peers]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
     def row(label: str, get, fmt: str = "{:.0f}", ratio: bool = True) -> None:
         values = [get(systems[n]) for n in names]
         cells = [fmt.format(v) if v is not None else "—" for v in values]
@@ -169,11 +175,8 @@ def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
 
     row("training, real target tok/s (Bahdanau)", lambda s: s["train_tok_s"])
     if luong is not None:
-        rate = luong["tgt_tokens_per_s"]
-        cells = [f"{rate:.0f}"] + ["—"] * len(peers)
-        cells += [f"{rate / peers[p]['train_tok_s']:.2f}×" for p in peers]
-        lines.append("| training, real target tok/s (Luong general, loop-free) | "
-                     + " | ".join(cells) + " |")
+        s2s_only_row("training, real target tok/s (Luong general, loop-free)",
+                     luong["tgt_tokens_per_s"], lambda peer: peer["train_tok_s"], "{:.0f}")
     row("updates (the first 20% not timed)", lambda s: s["updates"], ratio=False)
     row("real target tokens per update", lambda s: s["tok_per_update"], ratio=False)
     row("training peak RSS, MiB", lambda s: s["train_rss"])
@@ -184,11 +187,9 @@ def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
         row(f"{label}: peak RSS, MiB", lambda s, b=beam: s[f"beam{b}"]["peak_rss_mib"])
         if f"beam{beam}_int8" in s2s:
             int8 = s2s[f"beam{beam}_int8"]
-            cells = [f"{int8['sent_per_s']:.1f}"] + ["—"] * len(peers)
-            cells += [f"{int8['sent_per_s'] / peers[p][f'beam{beam}']['sent_per_s']:.2f}×"
-                      for p in peers]
-            lines.append(f"| {label}, s2s --int8: sentences/s (BLEU {int8['bleu']:.2f}, "
-                         f"{int8['peak_rss_mib']:.0f} MiB) | " + " | ".join(cells) + " |")
+            s2s_only_row(f"{label}, s2s --int8: sentences/s (BLEU {int8['bleu']:.2f}, "
+                         f"{int8['peak_rss_mib']:.0f} MiB)", int8["sent_per_s"],
+                         lambda peer, b=beam: peer[f"beam{b}"]["sent_per_s"], "{:.1f}")
     return "\n".join(lines)
 
 
