@@ -11,6 +11,9 @@ The contract every module follows (shapes use B = batch, T = query steps, S = so
   on padded positions.
 * ``uses_previous_state``: True when the score uses s(t-1) and the context is fed into the
   LSTM input (Bahdanau); False when it uses s(t), computed after the LSTM step (Luong).
+* ``for_steps()`` returns the function the decoder calls at each step of one teacher-forced
+  sequence, with ``forward``'s signature and results; a module may share work across those
+  steps (Bahdanau sums its query projection's weight gradient once). Default: the module.
 
 A new score function is one subclass plus ``@register("name")``.
 """
@@ -23,6 +26,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from s2s.recurrent import StepLinear
+
+AttendFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 ATTENTIONS: dict[str, type["Attention"]] = {}
 
 
@@ -76,6 +82,12 @@ def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(scores, dim=-1)
 
 
+def attend(scores: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """α = masked softmax of ``scores [B, T, S]``; returns (α·values ``[B, T, C]``, α)."""
+    weights = masked_softmax(scores, mask)
+    return torch.bmm(weights, values), weights
+
+
 class Attention(nn.Module):
     """Base class; see the module docstring for the contract."""
 
@@ -97,8 +109,11 @@ class Attention(nn.Module):
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor,
                 mask: Tensor) -> tuple[Tensor, Tensor]:
-        weights = masked_softmax(self.score(query, keys), mask)
-        return torch.bmm(weights, values), weights
+        return attend(self.score(query, keys), values, mask)
+
+    def for_steps(self) -> AttendFn:
+        """The attention function for the steps of one teacher-forced sequence."""
+        return self
 
 
 @register("dot")
@@ -155,8 +170,32 @@ class BahdanauAttention(Attention):
         return self.key_proj(keys), values  # [B, S, A]
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
-        hidden = fast_tanh_(self.query_proj(query).unsqueeze(2) + keys.unsqueeze(1))  # [B,T,S,A]
+        return self._energies(self.query_proj(query), keys)
+
+    def _energies(self, projected: Tensor, keys: Tensor) -> Tensor:
+        """wᵀ tanh(W₁s + W₂h) ``[B, T, S]`` from W₁s ``[B, T, A]`` and W₂h ``[B, S, A]``."""
+        if not torch.is_grad_enabled() and keys.device.type == "cpu":
+            # decoding: wᵀtanh(z) = 2·wᵀσ(2z) − Σw, three passes over [B, T, S, A]
+            # (sum, sigmoid, product with w) instead of six
+            doubled = torch.add((2.0 * projected).unsqueeze(2), keys.unsqueeze(1), alpha=2.0)
+            energies = self.energy(doubled.sigmoid_()).squeeze(-1)
+            return energies.mul_(2.0).sub_(self.energy.weight.sum())
+        # keys first: the [B, T, S, A] sum takes their row-major layout even when
+        # ``projected`` is a transposed view (see s2s.recurrent.step_product)
+        hidden = fast_tanh_(keys.unsqueeze(1) + projected.unsqueeze(2))
         return self.energy(hidden).squeeze(-1)
+
+    def for_steps(self) -> AttendFn:
+        """One-step queries ``[B, 1, D]``; W₁s(t-1) is a :class:`~s2s.recurrent.StepLinear`,
+        so W₁'s weight gradient is one product over all steps instead of one per step."""
+        project = StepLinear(self.query_proj.weight)
+
+        def attend_step(query: Tensor, keys: Tensor, values: Tensor,
+                        mask: Tensor) -> tuple[Tensor, Tensor]:
+            projected = project(query.squeeze(1)).unsqueeze(1)
+            return attend(self._energies(projected, keys), values, mask)
+
+        return attend_step
 
 
 @register("location")

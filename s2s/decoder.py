@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from s2s.attention import Attention
+from s2s.dropout import Dropout
 from s2s.encoder import EncoderOutput
 from s2s.recurrent import SteppedLSTM
 
@@ -72,8 +73,8 @@ class Decoder(nn.Module):
         rnn_input += attention.context_size if attention.uses_previous_state else 0
         self.rnn = nn.LSTM(rnn_input, hidden_size, num_layers=num_layers, batch_first=True,
                            dropout=dropout if num_layers > 1 else 0.0)
-        self.dropout = nn.Dropout(dropout)
-        self.hidden_dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(dropout)
+        self.hidden_dropout = Dropout(hidden_dropout)
         self.attentional = nn.Linear(attention.context_size + hidden_size, self.attentional_size)
         self.output = nn.Linear(self.attentional_size, vocab_size)
         if tied_embeddings:
@@ -190,13 +191,16 @@ class Decoder(nn.Module):
         (the embedding half of the LSTM input projected once, weight gradients summed once):
         a(t), s(t) ``[B, *]`` and α(t) ``[B, S]`` per step, as :meth:`_recur` computes them."""
         lstm = SteppedLSTM(self.rnn, embedded.size(-1))
+        attention = self.attention.for_steps()
+        batch, steps = embedded.shape[:2]
+        masks = self.dropout.masks((steps, batch, self.attention.context_size), embedded)
         hidden = state.hidden[0]
         lstm.start(embedded, hidden, state.cell[0])
         contexts, outputs, weights = [], [], []
-        for t in range(embedded.size(1)):
-            context, alpha = self.attention(hidden.unsqueeze(1), *memory)
+        for t in range(steps):
+            context, alpha = attention(hidden.unsqueeze(1), *memory)
             context = context.squeeze(1)
-            hidden = lstm.step(t, self.dropout(context))
+            hidden = lstm.step(t, self.dropout(context) if masks is None else context * masks[t])
             contexts.append(context)
             outputs.append(hidden)
             weights.append(alpha.squeeze(1))

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from s2s.dropout import Dropout
+
 
 class EncoderOutput(NamedTuple):
     """states ``[B, S, output_size]`` (zero on padding); final_hidden / final_cell
@@ -32,7 +34,7 @@ class Encoder(nn.Module):
         self.rnn = nn.LSTM(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
                            bidirectional=bidirectional,
                            dropout=dropout if num_layers > 1 else 0.0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions
 

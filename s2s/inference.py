@@ -15,6 +15,7 @@ from s2s.config import Config, config_from_dict
 from s2s.data import Tokenizers
 from s2s.errors import CheckpointError, ConfigError, DataError
 from s2s.model import Seq2Seq, build_model
+from s2s.prepack import prepack_available, prepack_for_cpu
 from s2s.search import Hypothesis, search
 from s2s.tokenizer import SPECIAL
 
@@ -80,15 +81,19 @@ def model_from_state(state: dict, device: torch.device, source: str = "checkpoin
     return Translator(model, tokenizers, config, device)
 
 
-def load_translator(path: str | Path, device: str = "auto", int8: bool = False) -> Translator:
+def load_translator(path: str | Path, device: str = "auto", int8: bool = False,
+                    prepack: bool = True) -> Translator:
     """Everything needed to translate, from one checkpoint file; ``int8``: see
-    :func:`quantize_int8`."""
+    :func:`quantize_int8`. On the CPU the fp32 weights are otherwise prepacked for oneDNN
+    (:mod:`s2s.prepack`: same model, faster steps) unless ``prepack`` is False."""
     resolved = resolve_device("cpu" if int8 and device == "auto" else device)
     if int8 and resolved.type != "cpu":
         raise ConfigError("int8 decoding runs on the CPU only; add --device cpu")
     translator = model_from_state(load_checkpoint(path, map_location="cpu"), resolved, str(path))
     if int8:
         translator.model = quantize_int8(translator.model)
+    elif prepack and resolved.type == "cpu" and prepack_available():
+        prepack_for_cpu(translator.model)
     return translator
 
 

@@ -22,26 +22,69 @@ import torch
 from torch import Tensor, nn
 
 
+def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x·Wᵀ (+ b) ``[B, out]`` for the few rows of one step, x ``[B, in]``, W ``[out, in]``.
+
+    On the CPU this is computed as (W·xᵀ)ᵀ with B padded to a multiple of 8: MKL runs that
+    orientation 20–35% faster than torch's x·Wᵀ when B is such a multiple, and up to 15%
+    slower when it is not (``scripts/bench_kernels.py``, docs/benchmarks.md). The result is a
+    column-major view, which element-wise operations and later products take as they are.
+    """
+    if x.device.type != "cpu":
+        return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+    rows = x.size(0)
+    if rows % 8:
+        x = torch.cat([x, x.new_zeros(8 - rows % 8, x.size(1))])
+    product = (torch.mm(weight, x.t()) if bias is None
+               else torch.addmm(bias.unsqueeze(1), weight, x.t()))
+    return product.t()[:rows]
+
+
 class _DeferredWeightLinear(torch.autograd.Function):
     """y = x·Wᵀ for one step; ∂L/∂W is returned once, by the first step, for all steps."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, ledger: list[tuple[Tensor, Tensor]],
-                first: bool) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.ledger, ctx.first = ledger, first
-        return x @ weight.t()
+    def forward(ctx: Any, x: Tensor, weight: Tensor, weight_t: Tensor,
+                ledger: list[tuple[Tensor, Tensor]], first: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.weight_t, ctx.ledger, ctx.first = weight_t, ledger, first
+        return step_product(x, weight)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Optional[Tensor], None, None]:  # type: ignore[override]
-        x, weight = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Optional[Tensor], None, None, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
         ctx.ledger.append((grad, x))
         weight_grad = None
         if ctx.first:  # every later step has filed its pair by now
             grads, inputs = zip(*ctx.ledger)
             ctx.ledger.clear()
             weight_grad = torch.cat(grads).t() @ torch.cat(inputs)
-        return grad @ weight, weight_grad, None, None
+        return step_product(grad, ctx.weight_t), weight_grad, None, None, None
+
+
+class StepLinear:
+    """x ↦ x·Wᵀ (no bias) for the steps of one recurrence, x ``[B, in]`` → ``[B, out]``.
+
+    Each call is a :func:`step_product`. With gradients on, a call's backward only files its
+    (∂L/∂y, x) pair and the first call's backward — which autograd runs last, because each
+    call's input depends on the previous call's output — returns ∂W = Σ_t ∂y(t)ᵀ·x(t) as one
+    large product instead of one small product per step. So: one instance per sequence, and
+    only for a weight used in a recurrence.
+    """
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.deferred = torch.is_grad_enabled() and weight.requires_grad
+        # Wᵀ laid out for the backward's ∂L/∂x = ∂L/∂y·W, itself a step_product
+        self.weight_t = weight.detach().t().contiguous() if self.deferred else weight
+        self.ledger: list[tuple[Tensor, Tensor]] = []
+        self.calls = 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        first, self.calls = self.calls == 0, self.calls + 1
+        if self.deferred and torch.is_grad_enabled():
+            return _DeferredWeightLinear.apply(x, self.weight, self.weight_t, self.ledger, first)
+        return step_product(x, self.weight)
 
 
 class SteppedLSTM:
@@ -66,18 +109,13 @@ class SteppedLSTM:
         # unbind, not [:, t] per step: its backward stacks all steps' gradients at once instead
         # of zero-filling and accumulating a [B, T, 4H] tensor at every step
         self.known_gates = known_gates.view(*known.shape[:2], -1).unbind(1)
-        self.recurrent_weight = torch.cat([w_ih[:, self.known_size:], w_hh], dim=1)
+        self.recurrent = StepLinear(torch.cat([w_ih[:, self.known_size:], w_hh], dim=1))
         self.hidden, self.cell = hidden, cell
-        self.ledger: list[tuple[Tensor, Tensor]] = []
 
     def step(self, t: int, extra: Tensor) -> Tensor:
         """Advance from s(t-1) with the step's ``extra [B, C]`` input; returns s(t)."""
-        x = torch.cat([extra, self.hidden], dim=1)
-        if torch.is_grad_enabled() and self.recurrent_weight.requires_grad:
-            recurrent = _DeferredWeightLinear.apply(x, self.recurrent_weight, self.ledger, t == 0)
-        else:
-            recurrent = x @ self.recurrent_weight.t()
-        gates = self.known_gates[t] + recurrent
+        recurrent = self.recurrent(torch.cat([extra, self.hidden], dim=1))
+        gates = self.known_gates[t] + recurrent  # row-major, like its first operand
         input_forget, candidate, output = gates.split([2 * self.lstm.hidden_size,
                                                        self.lstm.hidden_size,
                                                        self.lstm.hidden_size], dim=1)

@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""The kernel choices behind s2s's CPU speed, measured on this machine.
+
+    python scripts/bench_kernels.py [--repeats 30]
+
+For the products of one decoder step (a few dozen to a few hundred rows times a weight) it
+prints GFLOP/s of ``F.linear`` (x·Wᵀ as torch computes it), :func:`s2s.recurrent.step_product`
+((W·xᵀ)ᵀ, the orientation the hand-stepped training loop uses) and oneDNN's linear with the
+weight prepacked once (:mod:`s2s.prepack`, used for decoding); then the time to draw and apply
+a dropout mask with ``torch.nn.Dropout`` and with :class:`s2s.dropout.Dropout`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from s2s.dropout import Dropout  # noqa: E402
+from s2s.prepack import _pack, _packed_linear, prepack_available  # noqa: E402
+from s2s.recurrent import step_product  # noqa: E402
+
+# (rows, in, out): decoder LSTM step, Bahdanau query projection, attentional layer, output
+# projection — at training batch size (~70 sentences) and beam 5 × 64 sentences
+SHAPES = [(70, 1024, 2048), (70, 512, 512), (64, 1280, 2048), (64, 512, 8001),
+          (320, 1280, 2048), (320, 1024, 512), (320, 512, 8001)]
+
+
+def seconds(fn: Callable[[], object], repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| rows × in → out | F.linear GFLOP/s | step_product | oneDNN prepacked |")
+    print("|---|---|---|---|")
+    for rows, fan_in, fan_out in SHAPES:
+        x, weight = torch.randn(rows, fan_in), torch.randn(fan_out, fan_in)
+        flops = 2 * rows * fan_in * fan_out / 1e9
+        plain = flops / seconds(lambda: F.linear(x, weight), args.repeats)
+        stepped = flops / seconds(lambda: step_product(x, weight), args.repeats)
+        packed = "n/a"
+        if prepack_available():
+            w = _pack(weight)
+            packed = f"{flops / seconds(lambda: _packed_linear(x, w, None), args.repeats):.0f}"
+        print(f"| {rows} × {fan_in} → {fan_out} | {plain:.0f} | {stepped:.0f} | {packed} |")
+    print("\n| dropout p = 0.2 on | torch.nn.Dropout ms | s2s Dropout ms |")
+    print("|---|---|---|")
+    for shape in [(70, 512), (1100, 512), (20, 70, 512)]:
+        x = torch.randn(shape)
+        plain_drop, fast_drop = torch.nn.Dropout(0.2).train(), Dropout(0.2).train()
+        a = seconds(lambda: plain_drop(x), args.repeats) * 1e3
+        b = seconds(lambda: fast_drop(x), args.repeats) * 1e3
+        print(f"| {list(shape)} | {a:.2f} | {b:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The speed-motivated building blocks agree with the plain torch operations they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from s2s.attention import build_attention
+from s2s.dropout import Dropout
+from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
+from s2s.recurrent import StepLinear, step_product
+from tests.conftest import tiny_model
+
+needs_prepack = pytest.mark.skipif(not prepack_available(), reason="torch build lacks oneDNN")
+
+
+# ------------------------------------------------------------------------------- dropout
+def test_dropout_keeps_with_probability_1_minus_p_and_rescales():
+    torch.manual_seed(0)
+    drop = Dropout(0.3).train()
+    x = torch.ones(400, 500)
+    y = drop(x)
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
+    assert float((y > 0).float().mean()) == pytest.approx(0.7, abs=0.005)
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_dropout_gradient_is_the_mask():
+    torch.manual_seed(1)
+    drop = Dropout(0.5).train()
+    x = torch.randn(64, 32, requires_grad=True)
+    y = drop(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.where(y != 0, 2.0, 0.0))
+
+
+def test_dropout_is_identity_in_eval_and_at_p0_and_masks_are_none():
+    x = torch.randn(8, 4)
+    assert torch.equal(Dropout(0.4).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert Dropout(0.4).eval().masks((3, 8, 4), x) is None
+    masks = Dropout(0.4).train().masks((3, 8, 4), x)
+    assert masks.shape == (3, 8, 4)
+    assert all(v == 0.0 or v == pytest.approx(1 / 0.6) for v in torch.unique(masks).tolist())
+
+
+# ----------------------------------------------------------------------- step products
+def test_step_product_is_x_times_w_transposed():
+    x, w = torch.randn(7, 12), torch.randn(5, 12)
+    torch.testing.assert_close(step_product(x, w), x @ w.t())
+
+
+def test_step_linear_defers_the_weight_gradient_of_a_recurrence():
+    """h(t) = tanh(W h(t-1)): the deferred weight gradient (one product, returned by the first
+    step's backward) and every input gradient equal plain autograd's."""
+    torch.manual_seed(2)
+    weight = torch.randn(6, 6, requires_grad=True)
+    start = torch.randn(4, 6, requires_grad=True)
+
+    def unroll(project) -> torch.Tensor:
+        hidden, total = start, 0.0
+        for _ in range(5):
+            hidden = torch.tanh(project(hidden))
+            total = total + (hidden * torch.arange(6.0)).sum()
+        return total
+
+    plain = unroll(lambda h: h @ weight.t())
+    plain.backward()
+    expected = weight.grad.clone(), start.grad.clone()
+    weight.grad = start.grad = None
+    stepped = StepLinear(weight)
+    fast = unroll(stepped)
+    fast.backward()
+    torch.testing.assert_close(fast, plain)
+    # one product instead of five: the same sum in another order
+    torch.testing.assert_close(weight.grad, expected[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(start.grad, expected[1], rtol=1e-5, atol=1e-4)
+    assert stepped.ledger == []  # the first step's backward consumed every filed pair
+
+
+def test_bahdanau_steps_equal_the_module():
+    torch.manual_seed(3)
+    attention = build_attention("bahdanau", 6, 10)
+    keys, values = attention.precompute(torch.randn(3, 5, 10), torch.randn(3, 5, 10))
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    query = torch.randn(3, 1, 6)
+    expected = attention(query, keys, values, mask)
+    got = attention.for_steps()(query, keys, values, mask)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------- prepacking
+@needs_prepack
+def test_prepacked_linear_equals_linear_and_falls_back_with_gradients():
+    torch.manual_seed(4)
+    linear = nn.Linear(12, 70).eval()
+    packed = PrepackedLinear(linear).eval()
+    x = torch.randn(3, 5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), linear(x))
+    x.requires_grad_(True)
+    packed(x).sum().backward()  # the gradient path is the wrapped linear's
+    assert x.grad is not None and linear.weight.grad is not None
+
+
+@needs_prepack
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_prepacked_lstm_step_equals_lstm(num_layers):
+    torch.manual_seed(5)
+    lstm = nn.LSTM(9, 16, num_layers=num_layers, batch_first=True).eval()
+    packed = PrepackedLSTM(lstm).eval()
+    x = torch.randn(4, 1, 9)
+    state = (torch.randn(num_layers, 4, 16), torch.randn(num_layers, 4, 16))
+    with torch.no_grad():
+        out, (hidden, cell) = packed(x, state)
+        ref_out, (ref_hidden, ref_cell) = lstm(x, state)
+        longer = torch.randn(4, 3, 9)  # more than one step: the wrapped LSTM's answer
+        torch.testing.assert_close(packed(longer, state)[0], lstm(longer, state)[0])
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(hidden, ref_hidden)
+    torch.testing.assert_close(cell, ref_cell)
+
+
+@needs_prepack
+@pytest.mark.parametrize("name", ["bahdanau", "general", "multihead"])
+def test_prepacked_model_steps_like_the_plain_one(name):
+    torch.manual_seed(6)
+    plain = tiny_model(name).eval()
+    packed = tiny_model(name).eval()
+    packed.load_state_dict(plain.state_dict())
+    prepack_for_cpu(packed)
+    assert isinstance(packed.decoder.output, PrepackedLinear)
+    assert isinstance(packed.decoder.rnn, PrepackedLSTM)
+    src = torch.randint(4, 20, (3, 6))
+    lengths = torch.tensor([6, 4, 2])
+    src[1, 4:] = 0
+    src[2, 2:] = 0
+    prev = torch.tensor([2, 5, 7])
+    with torch.no_grad():
+        results = []
+        for model in (plain, packed):
+            memory, state = model.encode(src, lengths)
+            log_probs, state, alpha = model.step(prev, state, memory)
+            log_probs2, _, _ = model.step(log_probs.argmax(-1), state, memory)
+            results.append((log_probs, alpha, log_probs2))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
