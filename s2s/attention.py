@@ -179,7 +179,7 @@ class BahdanauAttention(Attention):
             # (sum, sigmoid, product with w) instead of six
             doubled = torch.add((2.0 * projected).unsqueeze(2), keys.unsqueeze(1), alpha=2.0)
             energies = self.energy(doubled.sigmoid_()).squeeze(-1)
-            return energies.mul_(2.0).sub_(self.energy.weight.sum())
+            return energies.mul_(2.0).sub_(self.energy(keys.new_ones(1, keys.size(-1))))  # Σw
         # keys first: the [B, T, S, A] sum takes their row-major layout even when
         # ``projected`` is a transposed view (see s2s.recurrent.step_product)
         hidden = fast_tanh_(keys.unsqueeze(1) + projected.unsqueeze(2))

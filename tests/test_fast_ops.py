@@ -8,6 +8,7 @@ from torch import nn
 
 from s2s.attention import build_attention
 from s2s.dropout import Dropout
+from s2s.inference import quantize_int8
 from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
 from s2s.recurrent import StepLinear, step_product
 from tests.conftest import tiny_model
@@ -91,6 +92,20 @@ def test_bahdanau_steps_equal_the_module():
     got = attention.for_steps()(query, keys, values, mask)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+def test_bahdanau_decoding_energies_equal_the_training_ones():
+    """Without gradients the energies are computed as 2·wᵀσ(2z) − Σw; also for int8 modules."""
+    torch.manual_seed(7)
+    attention = build_attention("bahdanau", 6, 10)
+    keys, values = attention.precompute(torch.randn(3, 5, 10), torch.randn(3, 5, 10))
+    query = torch.randn(3, 2, 6)
+    training = attention.score(query, keys)
+    with torch.no_grad():
+        torch.testing.assert_close(attention.score(query, keys), training.detach())
+        int8 = quantize_int8(attention)
+        torch.testing.assert_close(int8.score(query, keys), training.detach(), atol=0.05,
+                                   rtol=0.05)
 
 
 # ---------------------------------------------------------------------------- prepacking
