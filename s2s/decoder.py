@@ -111,32 +111,45 @@ class Decoder(nn.Module):
         return not (self.attention.uses_previous_state or self.input_feeding)
 
     # -------------------------------------------------------------------------------- steps
-    def step(self, prev_tokens: Tensor, state: DecoderState,
-             memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
-        """One step. prev_tokens ``[B]`` → ṽ(t) ``[B, attentional_size]``, s(t), α(t) ``[B, S]``."""
+    def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory,
+             rows_per_sentence: int = 1) -> tuple[Tensor, DecoderState, Tensor]:
+        """One step. prev_tokens ``[B]`` → ṽ(t) ``[B, attentional_size]``, s(t), α(t) ``[B, S]``.
+
+        With ``rows_per_sentence`` = K > 1 (beam search), rows k·K … k·K + K − 1 all belong to
+        sentence k of ``memory``, which then holds B / K sentences: the K beams attend to one
+        copy of their sentence's encoder states, as K queries of it.
+        """
         embedded = self.dropout(self.embedding(prev_tokens))
-        context, output, state, weights = self._recur(embedded, state, memory)
+        context, output, state, weights = self._recur(embedded, state, memory,
+                                                      rows_per_sentence)
         vector = self._attentional_vector(context, output)
         if self.input_feeding:
             state = state._replace(feed=vector)
         return vector, state, weights
 
-    def _recur(self, embedded: Tensor, state: DecoderState,
-               memory: Memory) -> tuple[Tensor, Tensor, DecoderState, Tensor]:
+    def _recur(self, embedded: Tensor, state: DecoderState, memory: Memory,
+               rows_per_sentence: int = 1) -> tuple[Tensor, Tensor, DecoderState, Tensor]:
         """The recurrent part of a step from the (dropped-out) embedded previous tokens
         ``[B, E]``: a(t) ``[B, C]``, s(t) ``[B, D]`` (top layer), the new state (``feed``
         unchanged) and α(t) ``[B, S]``."""
         extra = [state.feed] if self.input_feeding else []
         if self.attention.uses_previous_state:
-            context, weights = self.attention(state.hidden[-1].unsqueeze(1), *memory)
-            extra.append(context.squeeze(1))
+            context, weights = self._attend(state.hidden[-1], memory, rows_per_sentence)
+            extra.append(context)
         inputs = [embedded, self.dropout(torch.cat(extra, dim=-1))] if extra else [embedded]
         rnn_input = torch.cat(inputs, dim=-1).unsqueeze(1)  # [B, 1, I]
         output, (hidden, cell) = self.rnn(rnn_input, (state.hidden, state.cell))
+        output = output.squeeze(1)
         if not self.attention.uses_previous_state:
-            context, weights = self.attention(output, *memory)
-        return (context.squeeze(1), output.squeeze(1), DecoderState(hidden, cell, state.feed),
-                weights.squeeze(1))
+            context, weights = self._attend(output, memory, rows_per_sentence)
+        return context, output, DecoderState(hidden, cell, state.feed), weights
+
+    def _attend(self, query: Tensor, memory: Memory, rows_per_sentence: int) -> tuple[Tensor,
+                                                                                      Tensor]:
+        """query ``[B, D]`` → a ``[B, C]``, α ``[B, S]``; each sentence's K rows are its queries."""
+        grouped = query.reshape(-1, rows_per_sentence, query.size(-1))   # [B / K, K, D]
+        context, weights = self.attention(grouped, *memory)
+        return context.reshape(query.size(0), -1), weights.reshape(query.size(0), -1)
 
     def _attentional_vector(self, context: Tensor, output: Tensor) -> Tensor:
         """ṽ = tanh(W_v [a; s]) ``[..., attentional_size]`` from a, s ``[..., C]``, ``[..., D]``."""

@@ -78,10 +78,11 @@ class Seq2Seq(nn.Module):
         mask = src != self.special.pad
         return self.decoder.memory(encoded, mask), self.decoder.init_state(encoded)
 
-    def step(self, prev_tokens: Tensor, state: DecoderState,
-             memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
-        """One decoding step for search: log-probabilities ``[B, V]``, new state, α ``[B, S]``."""
-        vector, state, weights = self.decoder.step(prev_tokens, state, memory)
+    def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory,
+             rows_per_sentence: int = 1) -> tuple[Tensor, DecoderState, Tensor]:
+        """One decoding step for search: log-probabilities ``[B, V]``, new state, α ``[B, S]``
+        (B rows; see :meth:`Decoder.step` for ``rows_per_sentence``)."""
+        vector, state, weights = self.decoder.step(prev_tokens, state, memory, rows_per_sentence)
         return torch.log_softmax(self.decoder.project(vector).float(), dim=-1), state, weights
 
     def forward(self, batch: Batch, teacher_forcing_ratio: float = 1.0,

@@ -1,8 +1,10 @@
 """Decoding: batched greedy and beam search over the model's step interface.
 
 A searcher only needs ``model.encode(src, lengths) -> (memory, state)`` and
-``model.step(prev_tokens [B], state, memory) -> (log_probs [B, V], state, weights [B, S])``;
-``memory.select`` / ``state.select`` pick and reorder batch rows (beam expansion, reordering).
+``model.step(prev_tokens [B], state, memory, rows_per_sentence) -> (log_probs [B, V], state,
+weights [B, S])``; ``memory.select`` / ``state.select`` pick and reorder sentences and rows.
+Beam search keeps one memory row per sentence: its K beams are K consecutive state rows that
+attend to it as K queries (``rows_per_sentence = K``).
 
 Neither search ever emits padding or BOS. A hypothesis ends with EOS or at its sentence's
 length limit; its score is the sum of its tokens' log-probabilities (EOS included when emitted),
@@ -139,7 +141,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
     for t in range(int(limits.max())):
         batch, width = beam_scores.shape
         offsets = (torch.arange(batch, device=device) * width).unsqueeze(1)
-        log_probs, state, alpha_t = model.step(prev, state, memory)
+        log_probs, state, alpha_t = model.step(prev, state, memory, rows_per_sentence=width)
         vocab = log_probs.size(-1)
         candidates = (beam_scores.view(-1, 1) + _forbid_specials(log_probs, special))
         candidates = candidates.view(batch, -1)
@@ -173,14 +175,12 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
         done = at_limit | (finished_count >= beams) | unbeatable
         if bool(done.all()):
             break
-        if width == 1 and beams > 1:
-            memory = memory.select(torch.arange(batch, device=device).repeat_interleave(beams))
         # ---- done sentences leave the batch; the rows of the others are gathered once
         if bool(done.any()):
             live = (~done).nonzero().squeeze(1)
             live_rows = (live.unsqueeze(1) * beams + beam_range).view(-1)
             source_rows = source_rows.index_select(0, live_rows)
-            memory = memory.select(live_rows)
+            memory = memory.select(live)  # one copy per sentence, shared by its beams
             prev, history = prev.index_select(0, live_rows), history.index_select(0, live_rows)
             if keep_attention:
                 attention = attention.index_select(0, live_rows)

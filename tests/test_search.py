@@ -130,9 +130,9 @@ class _CountingModel:
     def encode(self, *args):
         return self.model.encode(*args)
 
-    def step(self, prev, state, memory):
+    def step(self, prev, state, memory, rows_per_sentence=1):
         self.rows += prev.numel()
-        return self.model.step(prev, state, memory)
+        return self.model.step(prev, state, memory, rows_per_sentence)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
