@@ -3,6 +3,8 @@
 
     python scripts/bench.py                      # s2s, then both peers (~20 min on 2 cores)
     python scripts/bench.py --peers-from RUNS/peers/results.json   # reuse a peer run
+    python scripts/bench.py --rounds 3           # three rounds, alternating who goes first,
+                                                 # with the median of the per-round ratios
 
 Uses the peers' prepared data and install scripts (``../shared/bench/peers``: run
 ``install_joeynmt.sh``, ``install_opennmt_torch213.sh`` and ``prepare_data.sh`` first). s2s
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -193,33 +196,8 @@ def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("/tmp/anchors-data"),
-                        help="the peers' prepared data (prepare_data.sh)")
-    parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
-    parser.add_argument("--runs", type=Path, default=Path("/tmp/s2s-bench"),
-                        help="where checkpoints, logs and hypotheses go")
-    parser.add_argument("--updates", type=int, default=250)
-    parser.add_argument("--joey-updates", type=int, default=150)
-    parser.add_argument("--peers-from", type=Path,
-                        help="a results.json from an earlier peer run instead of running them")
-    parser.add_argument("--s2s-only", action="store_true", help="measure s2s alone")
-    parser.add_argument("--no-luong", action="store_true", help="skip the loop-free variant")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the steps an interrupted run in --runs completed")
-    args = parser.parse_args(argv)
-    global REUSE
-    REUSE = args.resume
-    for name in ["spm8k.model"] + [f"{s}.raw.{lang}" for s in ("train", "val", TEST)
-                                   for lang in ("de", "en")]:
-        if not (args.data / name).is_file():
-            fail(f"{args.data / name} is missing; run {args.peers_dir}/prepare_data.sh first")
-    if shutil.which("/usr/bin/time") is None:
-        fail("/usr/bin/time is needed for peak RSS (apt install time)")
-
-    runs = args.runs
+def measure_s2s(args: argparse.Namespace, runs: Path) -> tuple[dict, dict, Optional[dict]]:
+    """s2s's figures (training, decoding fp32 and int8), its training result, the Luong one."""
     print(f"[s2s] training bench_matched for {args.updates} updates", flush=True)
     trained = s2s_train("s2s_bahdanau", args.data, runs, args.updates, [])
     s2s = {"train_tok_s": trained["tgt_tokens_per_s"], "train_rss": trained["peak_rss_mib"],
@@ -234,20 +212,102 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("[s2s] training the loop-free Luong variant", flush=True)
         luong = s2s_train("s2s_luong", args.data, runs, args.updates,
                           ["model.attention=general", "model.decoder.input_feeding=false"])
+    return s2s, trained, luong
+
+
+def measure_peers(args: argparse.Namespace, runs: Path) -> dict:
     if args.s2s_only:
-        peers = {}
-    elif args.peers_from:
-        peers = peer_figures(json.loads(args.peers_from.read_text()))
-    else:
-        peers = peer_figures(run_peers(args.peers_dir, runs, args.updates, args.joey_updates))
-    print()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; s2s torch threads "
-          f"{trained['threads']}; padding efficiency (target) "
-          f"{trained['tgt_padding_efficiency']:.1%}")
-    print(table(s2s, luong, peers))
+        return {}
+    if args.peers_from:
+        return peer_figures(json.loads(args.peers_from.read_text()))
+    return peer_figures(run_peers(args.peers_dir, runs, args.updates, args.joey_updates))
+
+
+def median_table(results: list[tuple[dict, Optional[dict], dict]]) -> str:
+    """Each round's s2s / peer ratio of the speed figures, and their median."""
+    speeds = [("training tok/s (Bahdanau)", lambda s, _: s["train_tok_s"],
+               lambda p: p["train_tok_s"]),
+              ("training tok/s (Luong loop-free vs their Bahdanau)",
+               lambda _, luong: luong["tgt_tokens_per_s"] if luong else None,
+               lambda p: p["train_tok_s"])]
+    for beam, label in ((1, "greedy"), (5, "beam 5")):
+        speeds += [(f"{label} sentences/s", lambda s, _, b=beam: s[f"beam{b}"]["sent_per_s"],
+                    lambda p, b=beam: p[f"beam{b}"]["sent_per_s"]),
+                   (f"{label} sentences/s, s2s --int8",
+                    lambda s, _, b=beam: s[f"beam{b}_int8"]["sent_per_s"],
+                    lambda p, b=beam: p[f"beam{b}"]["sent_per_s"])]
+    rounds = len(results)
+    lines = ["| s2s / peer | " + " | ".join(f"round {i + 1}" for i in range(rounds))
+             + " | median |", "|---" * (rounds + 2) + "|"]
+    for peer in results[0][2]:
+        for label, ours, theirs in speeds:
+            ratios = [ours(s2s, luong) / theirs(peers[peer]) for s2s, luong, peers in results
+                      if ours(s2s, luong) is not None]
+            if ratios:
+                lines.append(f"| {label}, vs {peer} | "
+                             + " | ".join(f"{r:.2f}×" for r in ratios)
+                             + f" | **{statistics.median(ratios):.2f}×** |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/anchors-data"),
+                        help="the peers' prepared data (prepare_data.sh)")
+    parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
+    parser.add_argument("--runs", type=Path, default=Path("/tmp/s2s-bench"),
+                        help="where checkpoints, logs and hypotheses go")
+    parser.add_argument("--updates", type=int, default=250)
+    parser.add_argument("--joey-updates", type=int, default=150)
+    parser.add_argument("--peers-from", type=Path,
+                        help="a results.json from an earlier peer run instead of running them")
+    parser.add_argument("--s2s-only", action="store_true", help="measure s2s alone")
+    parser.add_argument("--no-luong", action="store_true", help="skip the loop-free variant")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the comparison this many times (in --runs/roundN), "
+                             "alternating which side goes first, and print each round's ratios "
+                             "and their median")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the steps an interrupted run in --runs completed")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    global REUSE
+    REUSE = args.resume
+    for name in ["spm8k.model"] + [f"{s}.raw.{lang}" for s in ("train", "val", TEST)
+                                   for lang in ("de", "en")]:
+        if not (args.data / name).is_file():
+            fail(f"{args.data / name} is missing; run {args.peers_dir}/prepare_data.sh first")
+    if shutil.which("/usr/bin/time") is None:
+        fail("/usr/bin/time is needed for peak RSS (apt install time)")
+
+    results = []
+    for index in range(args.rounds):
+        runs = args.runs if args.rounds == 1 else args.runs / f"round{index + 1}"
+        if args.rounds > 1:
+            print(f"== round {index + 1} of {args.rounds}", flush=True)
+        # odd rounds measure the peers first, so a drift of the machine's speed over the
+        # ≈ 20 minutes of a round does not always favour the same side
+        peers_first = index % 2 == 1
+        peers = measure_peers(args, runs) if peers_first else {}
+        s2s, trained, luong = measure_s2s(args, runs)
+        if not peers_first:
+            peers = measure_peers(args, runs)
+        results.append((s2s, luong, peers))
+        print()
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; s2s torch threads "
+              f"{trained['threads']}; padding efficiency (target) "
+              f"{trained['tgt_padding_efficiency']:.1%}")
+        print(table(s2s, luong, peers))
+        print(flush=True)
+    if args.rounds > 1 and results[0][2]:
+        print(median_table(results))
     if args.json:
-        args.json.write_text(json.dumps({"s2s": s2s, "s2s_train": trained, "s2s_luong": luong,
-                                         "peers": peers}, indent=1))
+        rounds = [{"s2s": s2s, "s2s_luong": luong, "peers": peers}
+                  for s2s, luong, peers in results]
+        args.json.write_text(json.dumps(rounds[0] if args.rounds == 1 else {"rounds": rounds},
+                                        indent=1))
     return 0
 
 
