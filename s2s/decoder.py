@@ -213,7 +213,7 @@ class Decoder(nn.Module):
         for t in range(steps):
             context, alpha = attention(hidden.unsqueeze(1), *memory)
             context = context.squeeze(1)
-            hidden = lstm.step(t, self.dropout(context) if masks is None else context * masks[t])
+            hidden = lstm.step(t, context if masks is None else context * masks[t])
             contexts.append(context)
             outputs.append(hidden)
             weights.append(alpha.squeeze(1))

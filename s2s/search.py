@@ -80,7 +80,7 @@ def _forbid_specials(log_probs: Tensor, special) -> Tensor:
     return log_probs
 
 
-def length_penalty(length: int, alpha: float) -> float:
+def length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
     """GNMT: lp(y) = ((5 + |y|) / 6)^alpha."""
     return ((5.0 + length) / 6.0) ** alpha
 
@@ -199,7 +199,7 @@ def _best_reachable(log_probs: Tensor, length: int, limits: Tensor, alpha: float
     if alpha == 0.0:
         return log_probs
     shortest = length_penalty(length + 1, alpha)
-    longest = ((5.0 + limits.float()) / 6.0) ** alpha
+    longest = length_penalty(limits.float(), alpha)
     return log_probs / torch.clamp(longest, min=shortest)
 
 
