@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.attention import build_attention
@@ -12,6 +13,7 @@ from s2s.batching import Batch
 from s2s.config import ModelConfig
 from s2s.decoder import Decoder, DecoderState, Memory
 from s2s.encoder import Encoder
+from s2s.loss import linear_cross_entropy
 from s2s.tokenizer import SpecialIds
 
 
@@ -23,43 +25,6 @@ class LossOutput(NamedTuple):
     nll: Tensor
     tokens: int
     correct: Tensor
-
-
-class _SoftmaxCrossEntropy(torch.autograd.Function):
-    """Σₙ [(1 − ε)(lse(xₙ) − xₙ,gold) + ε(lse(xₙ) − meanᵥ xₙ,ᵥ)], i.e. cross-entropy with label
-    smoothing ε summed over rows of ``logits [N, V]``, and its gradient softmax(x) − (1 − ε)·
-    onehot − ε/V written in one pass: neither the log-probabilities nor a zero-filled one-hot
-    gradient is ever materialized, and the gradient overwrites the logits (no 4·N·V-byte
-    allocation). Returns (loss, nll) — the nll carries no gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, gold: Tensor,
-                smoothing: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        # in blocks of rows: logsumexp's [N, V] temporaries then stay in cache (2.4× faster
-        # on a [1100, 8001] batch, same values; docs/benchmarks.md)
-        lse = torch.cat([torch.logsumexp(rows, dim=-1) for rows in logits.split(64)])  # [N]
-        nll = (lse - logits.gather(1, gold.unsqueeze(1)).squeeze(1)).sum()
-        loss = nll.clone()  # two outputs: only the loss is differentiable
-        if smoothing > 0:
-            uniform = (lse - logits.mean(dim=-1)).sum()
-            loss = (1.0 - smoothing) * nll + smoothing * uniform
-        ctx.save_for_backward(logits, gold, lse)
-        ctx.smoothing = smoothing
-        ctx.mark_non_differentiable(nll)
-        return loss, nll
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        logits, gold, lse = ctx.saved_tensors
-        eps = ctx.smoothing
-        # in place: nothing else needs the logits now, and a second backward through this
-        # graph fails autograd's version check instead of reading them
-        result = logits.sub_(lse.unsqueeze(1)).exp_().mul_(grad)  # softmax · g
-        result.scatter_add_(1, gold.unsqueeze(1),
-                            (-(1.0 - eps) * grad).expand(gold.numel(), 1).to(result.dtype))
-        if eps > 0:
-            result.sub_(grad * eps / logits.size(1))
-        return result, None, None
 
 
 class Seq2Seq(nn.Module):
@@ -96,10 +61,17 @@ class Seq2Seq(nn.Module):
         vectors, _ = self.decoder(batch.tgt_in, state, memory, teacher_forcing_ratio,
                                   force_loop=force_loop)
         real = batch.tgt_mask
-        logits = self.decoder.project(vectors[real]).float()   # [N, V]
-        gold = batch.tgt_out[real]                             # [N]
-        loss, nll = _SoftmaxCrossEntropy.apply(logits, gold, label_smoothing)
-        correct = (logits.argmax(dim=-1) == gold).sum()
+        gold = batch.tgt_out[real]                                     # [N]
+        output = self.decoder.output
+        vectors = self.decoder.hidden_dropout(vectors[real])           # [N, D]
+        if isinstance(getattr(output, "weight", None), Tensor):
+            loss, nll, correct = linear_cross_entropy(vectors, output.weight, output.bias, gold,
+                                                      label_smoothing)
+        else:  # an int8 output layer (inference only): the plain path
+            logits = output(vectors).float()
+            loss = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=label_smoothing)
+            nll = F.cross_entropy(logits, gold, reduction="sum").detach()
+            correct = (logits.argmax(dim=-1) == gold).sum()
         return LossOutput(loss, nll, int(gold.numel()), correct)
 
 

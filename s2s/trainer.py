@@ -23,6 +23,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
+from s2s.allocator import reuse_large_blocks
 from s2s.batching import Batch, TokenBatchSampler, collate, sentence_batches
 from s2s.checkpoint import load_checkpoint, save_checkpoint
 from s2s.config import Config, config_from_dict, save_config
@@ -133,6 +134,8 @@ class Trainer:
         self._overwrite = overwrite and checkpoint is None
         setup_logging(self.output_dir, fresh=self._overwrite)
         self.device = resolve_device(device or self.cfg.device)
+        if self.device.type == "cpu":
+            reuse_large_blocks()  # the step's logits: no fresh pages each step
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         random.seed(self.cfg.seed)

@@ -1,0 +1,60 @@
+"""The fused output layer + cross-entropy against nn.functional's plain path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from s2s.loss import linear_cross_entropy
+
+
+def _inputs(vocab: int, bias: bool, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    vectors = torch.randn(45, 16, generator=gen).requires_grad_()
+    weight = (torch.randn(vocab, 16, generator=gen) * 0.5).requires_grad_()
+    offset = (torch.randn(vocab, generator=gen) * 0.1).requires_grad_() if bias else None
+    gold = torch.randint(0, vocab, (45,), generator=gen)
+    return vectors, weight, offset, gold
+
+
+@pytest.mark.parametrize("vocab", [37, 40, 8001])  # padded to 40 / already aligned / real size
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_linear_then_cross_entropy(vocab, smoothing, bias):
+    vectors, weight, offset, gold = _inputs(vocab, bias)
+    loss, nll, correct = linear_cross_entropy(vectors, weight, offset, gold, smoothing)
+    loss.backward()
+    fused = [t.grad.clone() for t in (vectors, weight, offset) if t is not None]
+    for t in (vectors, weight, offset):
+        if t is not None:
+            t.grad = None
+    logits = F.linear(vectors, weight, offset)
+    expected = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=smoothing)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, F.cross_entropy(logits, gold, reduction="sum").detach())
+    assert int(correct) == int((logits.argmax(-1) == gold).sum())
+    assert not nll.requires_grad and not correct.requires_grad
+    plain = [t.grad for t in (vectors, weight, offset) if t is not None]
+    for got, want in zip(fused, plain):  # sums over 8,001 terms in another order
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_padding_columns_never_leak_into_the_loss():
+    # with V = 37 the weight is padded to 40 zero rows: their zero logits would add 3·e⁰ to
+    # every softmax denominator if they were not sliced off, which dominates here because
+    # every real logit is far below 0
+    vectors, weight, offset, gold = _inputs(37, True)
+    with torch.no_grad():
+        vectors.copy_(vectors.abs())
+        weight.fill_(-3.0)
+    loss, _, _ = linear_cross_entropy(vectors, weight, offset, gold)
+    expected = F.cross_entropy(F.linear(vectors, weight, offset), gold, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+
+
+def test_a_second_backward_is_refused_instead_of_reading_overwritten_logits():
+    vectors, weight, offset, gold = _inputs(37, True)
+    loss, _, _ = linear_cross_entropy(vectors, weight, offset, gold)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError):
+        loss.backward()
