@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 _ROW_BLOCK = 64  # rows of logits per logsumexp call
 _ALIGN = 8       # floats: the logits' row length is padded to a multiple of this on the CPU
@@ -55,7 +56,8 @@ def _logsumexp_rows(logits: Tensor) -> Tensor:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """(loss, nll, correct) from ṽ ``[N, D]``, W_o, b_o, y ``[N]``; see the module docstring.
-    nll (no smoothing) and correct (argmax = gold count) carry no gradient."""
+    nll (no smoothing) and correct (argmax = gold count) carry no gradient. The logits and the
+    loss are in ṽ's dtype (training runs in float32)."""
 
     @staticmethod
     def forward(ctx: Any, vectors: Tensor, weight: Tensor, bias: Optional[Tensor], gold: Tensor,
@@ -77,6 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss, nll, correct
 
     @staticmethod
+    @once_differentiable  # it overwrites what it saved: no graph of its own backward
     def backward(ctx: Any, grad: Tensor, *_: Tensor
                  ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], None, None]:  # type: ignore[override]
         vectors, weight, logits, gold, lse = ctx.saved_tensors

@@ -62,6 +62,7 @@ class Seq2Seq(nn.Module):
                                   force_loop=force_loop)
         real = batch.tgt_mask
         gold = batch.tgt_out[real]                                     # [N]
+        # Decoder.project's two layers, with the output layer fused into the loss
         output = self.decoder.output
         vectors = self.decoder.hidden_dropout(vectors[real])           # [N, D]
         if isinstance(getattr(output, "weight", None), Tensor):

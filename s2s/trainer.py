@@ -134,8 +134,8 @@ class Trainer:
         self._overwrite = overwrite and checkpoint is None
         setup_logging(self.output_dir, fresh=self._overwrite)
         self.device = resolve_device(device or self.cfg.device)
-        if self.device.type == "cpu":
-            reuse_large_blocks()  # the step's logits: no fresh pages each step
+        if self.device.type == "cpu" and not reuse_large_blocks():
+            log.debug("malloc keeps returning large blocks to the OS (no glibc mallopt)")
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         random.seed(self.cfg.seed)

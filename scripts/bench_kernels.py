@@ -6,8 +6,12 @@
 For the products of one decoder step (a few dozen to a few hundred rows times a weight) it
 prints GFLOP/s of ``F.linear`` (x·Wᵀ as torch computes it), :func:`s2s.recurrent.step_product`
 ((W·xᵀ)ᵀ, the orientation the hand-stepped training loop uses) and oneDNN's linear with the
-weight prepacked once (:mod:`s2s.prepack`, used for decoding); then the time to draw and apply
-a dropout mask with ``torch.nn.Dropout`` and with :class:`s2s.dropout.Dropout`.
+weight prepacked once (:mod:`s2s.prepack`, used for decoding); then the training output
+layer's three products (logits, ∂x, ∂W over a batch of real target tokens) with the
+vocabulary as it is (8,001) and padded to a multiple of 8 rows, and the whole output layer +
+loss, forward and backward, as ``F.linear`` + ``F.cross_entropy`` and as
+:func:`s2s.loss.linear_cross_entropy`; then the time to draw and apply a dropout mask with
+``torch.nn.Dropout`` and with :class:`s2s.dropout.Dropout`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from s2s.allocator import reuse_large_blocks  # noqa: E402
 from s2s.dropout import Dropout  # noqa: E402
+from s2s.loss import linear_cross_entropy  # noqa: E402
 from s2s.prepack import _pack, _packed_linear, prepack_available  # noqa: E402
 from s2s.recurrent import step_product  # noqa: E402
 
@@ -40,6 +46,35 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
+
+
+def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 8001) -> None:
+    """GFLOP/s of the training output layer's products, and ms of output layer + loss."""
+    reuse_large_blocks()  # as the trainer does: the [rows, vocab] blocks are reused
+    x = torch.randn(rows, width)
+    flops = 2 * rows * width * vocab / 1e9
+    print(f"\n| output layer, {rows} × {width} → V | logits x·Wᵀ GFLOP/s | ∂x = G·W | ∂W = Gᵀ·x |")
+    print("|---|---|---|---|")
+    for size in (vocab, vocab + (-vocab) % 8):
+        weight, grad = torch.randn(size, width) * 0.05, torch.randn(rows, size)
+        times = [seconds(fn, repeats) for fn in (lambda: F.linear(x, weight),
+                                                 lambda: grad @ weight, lambda: grad.t() @ x)]
+        print(f"| V = {size} | " + " | ".join(f"{flops / t:.0f}" for t in times) + " |")
+    weight = (torch.randn(vocab, width) * 0.05).requires_grad_()
+    bias = torch.zeros(vocab, requires_grad=True)
+    vectors = x.clone().requires_grad_()
+    gold = torch.randint(0, vocab, (rows,))
+
+    def plain() -> None:
+        F.cross_entropy(F.linear(vectors, weight, bias), gold, reduction="sum").backward()
+
+    def fused() -> None:
+        linear_cross_entropy(vectors, weight, bias, gold)[0].backward()
+
+    print("\n| output layer + loss, forward + backward | ms |")
+    print("|---|---|")
+    print(f"| F.linear + F.cross_entropy | {seconds(plain, repeats) * 1e3:.1f} |")
+    print(f"| s2s.loss.linear_cross_entropy | {seconds(fused, repeats) * 1e3:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             w = _pack(weight)
             packed = f"{flops / seconds(lambda: _packed_linear(x, w, None), args.repeats):.0f}"
         print(f"| {rows} × {fan_in} → {fan_out} | {plain:.0f} | {stepped:.0f} | {packed} |")
+    output_layer(args.repeats)
     print("\n| dropout p = 0.2 on | torch.nn.Dropout ms | s2s Dropout ms |")
     print("|---|---|---|")
     for shape in [(70, 512), (1100, 512), (20, 70, 512)]:

@@ -1,12 +1,11 @@
 """reuse_large_blocks: large blocks freed and allocated again mostly cost no fresh pages."""
 
 import resource
-import sys
 
 import pytest
 import torch
 
-from s2s.allocator import reuse_large_blocks
+from s2s.allocator import _mallopt, reuse_large_blocks
 
 
 def _page_faults_of_logits(rounds: int) -> int:
@@ -18,12 +17,17 @@ def _page_faults_of_logits(rounds: int) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(_mallopt() is None, reason="needs glibc's mallopt")
 def test_large_blocks_are_reused_instead_of_mapped_afresh():
     if not reuse_large_blocks():
-        pytest.skip("not glibc")
+        pytest.skip("this glibc caps the mmap threshold at 32 MiB")
     _page_faults_of_logits(3)
     pages_per_block = 1100 * 8008 * 4 // resource.getpagesize()
     # mapped afresh (glibc's default) each round faults all its pages in again: 30 blocks'
     # worth; reused, about 5 (measured: 261,372 vs 43,942 faults)
     assert _page_faults_of_logits(30) < 12 * pages_per_block
+
+
+def test_a_threshold_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="threshold"):
+        reuse_large_blocks(1 << 31)

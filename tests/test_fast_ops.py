@@ -94,6 +94,24 @@ def test_bahdanau_steps_equal_the_module():
         torch.testing.assert_close(a, b)
 
 
+def test_bahdanau_energies_and_gradients_equal_autograd():
+    """The hand-written backward of wᵀ tanh(W₂h + W₁s) against autograd's on plain torch ops."""
+    attention = build_attention("bahdanau", query_size=6, key_size=5, attention_size=7)
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.randn(2, 4, 7, generator=gen, requires_grad=True)       # W₂h [B, S, A]
+    projected = torch.randn(2, 3, 7, generator=gen, requires_grad=True)  # W₁s [B, T, A]
+    upstream = torch.randn(2, 3, 4, generator=gen)
+    energies = attention._energies(projected, keys)
+    (energies * upstream).sum().backward()
+    fused = [keys.grad, projected.grad, attention.energy.weight.grad]
+    keys.grad = projected.grad = attention.energy.weight.grad = None
+    plain = attention.energy(torch.tanh(keys.unsqueeze(1) + projected.unsqueeze(2))).squeeze(-1)
+    (plain * upstream).sum().backward()
+    torch.testing.assert_close(energies, plain)
+    for got, want in zip(fused, [keys.grad, projected.grad, attention.energy.weight.grad]):
+        torch.testing.assert_close(got, want)
+
+
 def test_bahdanau_decoding_energies_equal_the_training_ones():
     """Without gradients the energies are computed as 2·wᵀσ(2z) − Σw; also for int8 modules."""
     torch.manual_seed(7)

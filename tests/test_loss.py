@@ -40,7 +40,7 @@ def test_matches_linear_then_cross_entropy(vocab, smoothing, bias):
 
 
 def test_padding_columns_never_leak_into_the_loss():
-    # with V = 37 the weight is padded to 40 zero rows: their zero logits would add 3·e⁰ to
+    # with V = 37 the weight is padded to 40 rows, 3 of them zero: their zero logits would add 3·e⁰ to
     # every softmax denominator if they were not sliced off, which dominates here because
     # every real logit is far below 0
     vectors, weight, offset, gold = _inputs(37, True)
@@ -58,3 +58,18 @@ def test_a_second_backward_is_refused_instead_of_reading_overwritten_logits():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError):
         loss.backward()
+
+
+def test_the_loss_of_an_int8_model_is_close_to_its_float_one():
+    # an int8 output layer has no weight tensor: Seq2Seq.forward takes the plain path
+    from s2s.inference import quantize_int8
+    from tests.conftest import random_batch, tiny_model
+
+    model = tiny_model("general").eval()
+    batch = random_batch(seed=4)
+    with torch.no_grad():
+        exact = model(batch)
+        approximate = quantize_int8(model)(batch)
+    assert approximate.tokens == exact.tokens
+    torch.testing.assert_close(approximate.loss, exact.loss, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(approximate.nll, exact.nll, rtol=0.05, atol=0.05)
