@@ -143,7 +143,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
         offsets = (torch.arange(batch, device=device) * width).unsqueeze(1)
         log_probs, state, alpha_t = model.step(prev, state, memory, rows_per_sentence=width)
         vocab = log_probs.size(-1)
-        candidates = (beam_scores.view(-1, 1) + _forbid_specials(log_probs, special))
+        # in place: log_probs is this step's own [rows, V] tensor, the largest of the step
+        candidates = _forbid_specials(log_probs, special).add_(beam_scores.view(-1, 1))
         candidates = candidates.view(batch, -1)
         if candidates.size(1) < 2 * beams:  # a tiny vocabulary at the first step
             candidates = torch.nn.functional.pad(candidates, (0, 2 * beams - candidates.size(1)),

@@ -5,6 +5,7 @@
     python scripts/bench.py --peers-from RUNS/peers/results.json   # reuse a peer run
     python scripts/bench.py --rounds 3           # three rounds, alternating who goes first,
                                                  # with the median of the per-round ratios
+    python scripts/bench.py --tables-from RUN.json   # the tables of a saved run, again
 
 Uses the peers' prepared data and install scripts (``../shared/bench/peers``: run
 ``install_joeynmt.sh``, ``install_opennmt_torch213.sh`` and ``prepare_data.sh`` first). s2s
@@ -157,6 +158,12 @@ def peer_figures(results: dict) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------- table
+def tokens_per_sentence(decoding: dict) -> float:
+    """Mean output length of a decoding run: sentences/s depends on it as much as on speed,
+    and barely trained checkpoints of different toolkits differ in it."""
+    return decoding["out_tok_s"] / decoding["sent_per_s"]
+
+
 def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
     systems = {"s2s": s2s, **peers}
     names = list(systems)
@@ -186,6 +193,8 @@ def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
     for beam, label in ((1, "greedy"), (5, "beam 5")):
         row(f"{label}: sentences/s", lambda s, b=beam: s[f"beam{b}"]["sent_per_s"], "{:.1f}")
         row(f"{label}: output tokens/s", lambda s, b=beam: s[f"beam{b}"]["out_tok_s"])
+        row(f"{label}: output tokens per sentence", lambda s, b=beam: tokens_per_sentence(
+            s[f"beam{b}"]), "{:.1f}", ratio=False)
         row(f"{label}: BLEU", lambda s, b=beam: s[f"beam{b}"]["bleu"], "{:.2f}", ratio=False)
         row(f"{label}: peak RSS, MiB", lambda s, b=beam: s[f"beam{b}"]["peak_rss_mib"])
         if f"beam{beam}_int8" in s2s:
@@ -235,7 +244,10 @@ def median_table(results: list[tuple[dict, Optional[dict], dict]]) -> str:
                     lambda p, b=beam: p[f"beam{b}"]["sent_per_s"]),
                    (f"{label} sentences/s, s2s --int8",
                     lambda s, _, b=beam: s[f"beam{b}_int8"]["sent_per_s"],
-                    lambda p, b=beam: p[f"beam{b}"]["sent_per_s"])]
+                    lambda p, b=beam: p[f"beam{b}"]["sent_per_s"]),
+                   (f"{label} output tokens/s",
+                    lambda s, _, b=beam: s[f"beam{b}"]["out_tok_s"],
+                    lambda p, b=beam: p[f"beam{b}"]["out_tok_s"])]
     rounds = len(results)
     lines = ["| s2s / peer | " + " | ".join(f"round {i + 1}" for i in range(rounds))
              + " | median |", "|---" * (rounds + 2) + "|"]
@@ -248,6 +260,16 @@ def median_table(results: list[tuple[dict, Optional[dict], dict]]) -> str:
                              + " | ".join(f"{r:.2f}×" for r in ratios)
                              + f" | **{statistics.median(ratios):.2f}×** |")
     return "\n".join(lines)
+
+
+def tables_from(saved: dict) -> str:
+    """The tables a run printed, again, from what its ``--json`` wrote."""
+    rounds = saved["rounds"] if "rounds" in saved else [saved]
+    results = [(r["s2s"], r.get("s2s_luong"), r.get("peers", {})) for r in rounds]
+    parts = [table(*result) for result in results]
+    if len(results) > 1 and results[0][2]:
+        parts.append(median_table(results))
+    return "\n\n".join(parts)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -270,9 +292,25 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "and their median")
     parser.add_argument("--resume", action="store_true",
                         help="keep the steps an interrupted run in --runs completed")
+    parser.add_argument("--tables-from", type=Path, metavar="JSON",
+                        help="print the tables of an earlier run from its --json file, "
+                             "measuring nothing")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.tables_from:
+        try:
+            saved = json.loads(args.tables_from.read_text(encoding="utf-8"))
+        except OSError as error:
+            fail(f"{args.tables_from}: cannot read it ({error.strerror})")
+        except ValueError as error:
+            fail(f"{args.tables_from}: not JSON ({error})")
+        try:
+            print(tables_from(saved))
+        except (KeyError, TypeError, ZeroDivisionError) as error:
+            fail(f"{args.tables_from}: not what bench.py --json writes (missing or bad "
+                 f"{error})")
+        return 0
     global REUSE
     REUSE = args.resume
     for name in ["spm8k.model"] + [f"{s}.raw.{lang}" for s in ("train", "val", TEST)
