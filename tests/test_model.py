@@ -175,3 +175,30 @@ def test_loss_and_gradients_match_torch_cross_entropy(smoothing):
     assert not out.nll.requires_grad
     for name, param in model.named_parameters():
         torch.testing.assert_close(fused[name], param.grad, msg=name)
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+def test_gradients_equal_finite_differences(name, input_feeding):
+    """Every hand-written backward on the training path (the fused loss, the energies, the
+    deferred weight gradients, the fast tanh) against central differences of the whole
+    model's loss in float64, at a few entries of every parameter tensor."""
+    model = tiny_model(name, input_feeding=input_feeding).double().train()
+    batch = random_batch(seed=3)
+    model(batch).loss.backward()
+    gen = torch.Generator().manual_seed(0)
+    step = 1e-6
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, param_name
+        flat, grad = param.data.view(-1), param.grad.view(-1)
+        for index in torch.randint(flat.numel(), (3,), generator=gen).tolist():
+            original = flat[index].item()
+            with torch.no_grad():
+                flat[index] = original + step
+                above = model(batch).loss.item()
+                flat[index] = original - step
+                below = model(batch).loss.item()
+                flat[index] = original
+            numeric = (above - below) / (2 * step)
+            assert abs(numeric - grad[index].item()) <= 1e-7 + 1e-4 * abs(numeric), (
+                param_name, index, numeric, grad[index].item())
