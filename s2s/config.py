@@ -97,6 +97,7 @@ class DecoderConfig:
     input_feeding: bool = False
     attentional_size: Optional[int] = _num(None, 1)
     init: Literal["bridge", "last", "zeros"] = "bridge"
+    attentional_activation: Literal["tanh", "none"] = "tanh"
 
 
 @dataclass

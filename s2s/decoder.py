@@ -6,8 +6,10 @@ One step t (B = batch, S = source length, D = decoder hidden size):
   s(t) = LSTM([E·y(t-1); ṽ(t-1)?], s(t-1)); a(t), α(t) = attention(s(t), h)
 * Bahdanau: a(t), α(t) = attention(s(t-1), h); s(t) = LSTM([E·y(t-1); ṽ(t-1)?; a(t)], s(t-1))
 
-then, for both, the attentional vector ṽ(t) = tanh(W_v [a(t); s(t)]) and the output
-distribution p(y(t)) = softmax(W_o dropout(ṽ(t))). ``ṽ(t-1)?`` is present with input feeding.
+then, for both, the attentional vector ṽ(t) = tanh(W_v [a(t); s(t)]) (Luong et al.; without the
+tanh, as OpenNMT-py's ``mlp`` attention, when ``attentional_activation`` is "none") and the
+output distribution p(y(t)) = softmax(W_o dropout(ṽ(t))). ``ṽ(t-1)?`` is present with input
+feeding.
 
 When the score uses s(t) and nothing feeds back from step t-1 into step t (Luong attention, no
 input feeding, full teacher forcing), :meth:`Decoder.forward` runs the LSTM over the whole
@@ -60,7 +62,8 @@ class Decoder(nn.Module):
                  attention: Attention, encoder_size: int, *, dropout: float = 0.0,
                  hidden_dropout: float = 0.0, input_feeding: bool = False,
                  attentional_size: int | None = None, init: str = "bridge",
-                 pad_id: int = 0, tied_embeddings: bool = False) -> None:
+                 attentional_activation: str = "tanh", pad_id: int = 0,
+                 tied_embeddings: bool = False) -> None:
         super().__init__()
         self.attention = attention
         self.input_feeding = input_feeding
@@ -68,6 +71,7 @@ class Decoder(nn.Module):
         self.hidden_size = hidden_size
         self.attentional_size = attentional_size or hidden_size
         self.init = init
+        self.attentional_tanh = attentional_activation == "tanh"
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         rnn_input = embedding_dim + (self.attentional_size if input_feeding else 0)
         rnn_input += attention.context_size if attention.uses_previous_state else 0
@@ -152,8 +156,10 @@ class Decoder(nn.Module):
         return context.reshape(query.size(0), -1), weights.reshape(query.size(0), -1)
 
     def _attentional_vector(self, context: Tensor, output: Tensor) -> Tensor:
-        """ṽ = tanh(W_v [a; s]) ``[..., attentional_size]`` from a, s ``[..., C]``, ``[..., D]``."""
-        return torch.tanh(self.attentional(torch.cat([context, output], dim=-1)))
+        """ṽ = tanh(W_v [a; s]) (or W_v [a; s]) ``[..., attentional_size]`` from a, s ``[..., C]``,
+        ``[..., D]``."""
+        vector = self.attentional(torch.cat([context, output], dim=-1))
+        return torch.tanh(vector) if self.attentional_tanh else vector
 
     def forward(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
                 teacher_forcing_ratio: float = 1.0,

@@ -108,7 +108,8 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                       dec.hidden_size, dec.num_layers, attention, encoder.output_size,
                       dropout=dec.dropout, hidden_dropout=dec.hidden_dropout,
                       input_feeding=dec.input_feeding, attentional_size=dec.attentional_size,
-                      init=dec.init, pad_id=special.pad, tied_embeddings=cfg.tied_embeddings)
+                      init=dec.init, attentional_activation=dec.attentional_activation,
+                      pad_id=special.pad, tied_embeddings=cfg.tied_embeddings)
     model = Seq2Seq(encoder, decoder, special)
     initialize(model)
     return model

@@ -202,3 +202,18 @@ def test_gradients_equal_finite_differences(name, input_feeding):
             numeric = (above - below) / (2 * step)
             assert abs(numeric - grad[index].item()) <= 1e-7 + 1e-4 * abs(numeric), (
                 param_name, index, numeric, grad[index].item())
+
+
+def test_attentional_activation_none_leaves_out_the_tanh():
+    with_tanh = tiny_model("bahdanau", seed=5)
+    cfg = tiny_model_config("bahdanau")
+    cfg.decoder.attentional_activation = "none"
+    torch.manual_seed(5)
+    linear = build_model(cfg, 20, 20, SPECIAL, 16)
+    linear.load_state_dict(with_tanh.state_dict())  # same parameters: only ṽ's activation differs
+    context, output = torch.randn(3, 16), torch.randn(3, 16)
+    plain = linear.decoder._attentional_vector(context, output)
+    assert torch.allclose(torch.tanh(plain), with_tanh.decoder._attentional_vector(context, output))
+    assert plain.abs().max() > 1.0 or not torch.allclose(plain, torch.tanh(plain))
+    batch = random_batch(seed=2)
+    assert not torch.allclose(linear(batch).loss, with_tanh(batch).loss)
