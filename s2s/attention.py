@@ -11,9 +11,6 @@ The contract every module follows (shapes use B = batch, T = query steps, S = so
   on padded positions.
 * ``uses_previous_state``: True when the score uses s(t-1) and the context is fed into the
   LSTM input (Bahdanau); False when it uses s(t), computed after the LSTM step (Luong).
-* ``for_steps()`` returns the function the decoder calls at each step of one teacher-forced
-  sequence, with ``forward``'s signature and results; a module may share work across those
-  steps (Bahdanau sums its query projection's weight gradient once). Default: the module.
 
 A new score function is one subclass plus ``@register("name")``.
 """
@@ -27,9 +24,6 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from s2s.recurrent import StepLinear
-
-AttendFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 ATTENTIONS: dict[str, type["Attention"]] = {}
 
 
@@ -142,10 +136,6 @@ class Attention(nn.Module):
                 mask: Tensor) -> tuple[Tensor, Tensor]:
         return attend(self.score(query, keys), values, mask)
 
-    def for_steps(self) -> AttendFn:
-        """The attention function for the steps of one teacher-forced sequence."""
-        return self
-
 
 @register("dot")
 class DotAttention(Attention):
@@ -212,18 +202,6 @@ class BahdanauAttention(Attention):
             energies = self.energy(doubled.sigmoid_()).squeeze(-1)
             return energies.mul_(2.0).sub_(self.energy(keys.new_ones(1, keys.size(-1))))  # Σw
         return _AdditiveEnergies.apply(keys, projected, self.energy.weight.view(-1))
-
-    def for_steps(self) -> AttendFn:
-        """One-step queries ``[B, 1, D]``; W₁s(t-1) is a :class:`~s2s.recurrent.StepLinear`,
-        so W₁'s weight gradient is one product over all steps instead of one per step."""
-        project = StepLinear(self.query_proj.weight)
-
-        def attend_step(query: Tensor, keys: Tensor, values: Tensor,
-                        mask: Tensor) -> tuple[Tensor, Tensor]:
-            projected = project(query.squeeze(1)).unsqueeze(1)
-            return attend(self._energies(projected, keys), values, mask)
-
-        return attend_step
 
 
 @register("location")

@@ -23,10 +23,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from s2s.attention import Attention
+from s2s.attention import Attention, BahdanauAttention
 from s2s.dropout import Dropout
 from s2s.encoder import EncoderOutput
-from s2s.recurrent import SteppedLSTM
+from s2s.recurrent import AttentiveLSTMOutput, attentive_lstm
 
 
 class Memory(NamedTuple):
@@ -191,39 +191,35 @@ class Decoder(nn.Module):
         # Nothing from ṽ(t) feeds step t+1: only the recurrence runs step by step, and the
         # attentional layer runs once over all steps (one large product instead of T small).
         embedded = self.dropout(self.embedding(tgt_in))  # [B, T, E]: one lookup, one mask
-        if self.num_layers == 1 and self.attention.uses_previous_state:
+        if self.num_layers == 1 and isinstance(self.attention, BahdanauAttention):
             contexts, outputs, weights = self._bahdanau_stepped(embedded, state, memory)
         else:
-            contexts, outputs, weights = [], [], []
+            context_list, output_list, weight_list = [], [], []
             for step_input in embedded.unbind(1):
                 context, output, state, alpha = self._recur(step_input, state, memory)
-                contexts.append(context)
-                outputs.append(output)
-                weights.append(alpha)
-        vectors = self._attentional_vector(torch.stack(contexts, dim=1),
-                                           torch.stack(outputs, dim=1))
-        return vectors, torch.stack(weights, dim=1)
+                context_list.append(context)
+                output_list.append(output)
+                weight_list.append(alpha)
+            contexts, outputs = torch.stack(context_list, 1), torch.stack(output_list, 1)
+            weights = torch.stack(weight_list, 1)
+        return self._attentional_vector(contexts, outputs), weights
 
     def _bahdanau_stepped(self, embedded: Tensor, state: DecoderState,
-                          memory: Memory) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """The Bahdanau recurrence over all steps with :class:`~s2s.recurrent.SteppedLSTM`
-        (the embedding half of the LSTM input projected once, weight gradients summed once):
-        a(t), s(t) ``[B, *]`` and α(t) ``[B, S]`` per step, as :meth:`_recur` computes them."""
-        lstm = SteppedLSTM(self.rnn, embedded.size(-1))
-        attention = self.attention.for_steps()
-        batch, steps = embedded.shape[:2]
-        masks = self.dropout.masks((steps, batch, self.attention.context_size), embedded)
-        hidden = state.hidden[0]
-        lstm.start(embedded, hidden, state.cell[0])
-        contexts, outputs, weights = [], [], []
-        for t in range(steps):
-            context, alpha = attention(hidden.unsqueeze(1), *memory)
-            context = context.squeeze(1)
-            hidden = lstm.step(t, context if masks is None else context * masks[t])
-            contexts.append(context)
-            outputs.append(hidden)
-            weights.append(alpha.squeeze(1))
-        return contexts, outputs, weights
+                          memory: Memory) -> AttentiveLSTMOutput:
+        """The Bahdanau recurrence over all steps as one function with a hand-written backward
+        (:func:`~s2s.recurrent.attentive_lstm`; the embedding half of the LSTM input projected
+        once): a(t), s(t) and α(t) as :meth:`_recur` computes them, stacked over t."""
+        attention, lstm = self.attention, self.rnn
+        assert isinstance(attention, BahdanauAttention)
+        batch, steps, embedding_dim = embedded.shape
+        masks = self.dropout.masks((steps, batch, attention.context_size), embedded)
+        w_ih = lstm.weight_ih_l0
+        known_gates = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, embedded.flatten(0, 1),
+                                  w_ih[:, :embedding_dim].t()).view(batch, steps, -1)
+        recurrent = torch.cat([w_ih[:, embedding_dim:], lstm.weight_hh_l0], dim=1)
+        return attentive_lstm(known_gates, state.hidden[0], state.cell[0], memory.keys,
+                              memory.values, memory.mask, attention.query_proj.weight,
+                              attention.energy.weight.view(-1), recurrent, masks)
 
     def _forward_stepwise(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
                           teacher_forcing_ratio: float) -> tuple[Tensor, Tensor]:

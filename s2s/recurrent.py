@@ -1,25 +1,36 @@
-"""A one-layer LSTM stepped by hand, for teacher-forced training of the Bahdanau decoder.
+"""The teacher-forced Bahdanau decoder recurrence, as one autograd function.
 
-At step t the decoder LSTM reads [E·y(t-1); a(t)], and a(t) depends on s(t-1), so the layer
-must run one step at a time. Calling ``nn.LSTM`` once per step works, but each call multiplies
-a small batch by the whole input matrix and, in backward, computes and accumulates a full
-weight gradient from that small batch. :class:`SteppedLSTM` runs the same equations
+At step t (B sentences, S source positions, H = decoder size, A = attention size, C = context
+size, gates in ``nn.LSTM``'s order i, f, g, o):
 
-    gates(t) = W_e·E y(t-1) + [W_a, W_hh]·[a(t); s(t-1)] + b_ih + b_hh
-    c(t) = σ(f)⊙c(t-1) + σ(i)⊙tanh(g),   s(t) = σ(o)⊙tanh(c(t))      (gates = i, f, g, o)
+    e(t) = wᵀ tanh(W₂h + W₁ s(t-1))                       energies      [B, S]
+    α(t) = softmax(e(t)) over real source positions                     [B, S]
+    a(t) = Σᵢ α(t)ᵢ hᵢ                                     context       [B, C]
+    gates(t) = W_e E y(t-1) + b + [W_a, W_hh]·[m(t) ⊙ a(t); s(t-1)]      [B, 4H]
+    c(t) = σ(f) ⊙ c(t-1) + σ(i) ⊙ tanh(g),   s(t) = σ(o) ⊙ tanh(c(t))
 
-with the parameters of that ``nn.LSTM`` but (1) W_e·E y for all steps as one large product
-before the loop, and (2) the weight gradient of [W_a, W_hh] deferred: each step's backward only
-files its (∂L/∂gates, input) pair, and the step that ran first — whose backward autograd runs
-last — sums them as one large product ∂W = Σ_t ∂gates(t)ᵀ·[a(t); s(t-1)].
+(m(t): the context's dropout mask). Every step depends on the one before, so the loop runs in
+Python. Written as plain torch operations, autograd records ≈ 40 nodes per step, runs the
+context's backward as batched products of one row (an outer product per step for ∂h) and
+accumulates a fresh [B, S, A] gradient for the keys at every step. :func:`attentive_lstm` runs
+the forward loop with no graph and its backward — backpropagation through time — by hand:
+
+- weight gradients summed once over all steps, as one large product each
+  (∂[W_a, W_hh] = Σₜ ∂gates(t)ᵀ x(t), ∂W₁ = Σₜ ∂(W₁s)(t)ᵀ s(t-1), ∂h = Σₜ α(t)ᵀ ∂a(t));
+- tanh(z) kept as σ(2z), from which both wᵀtanh(z) = 2wᵀσ(2z) − Σw and
+  1 − tanh²(z) = 4σ(2z)(1 − σ(2z)) follow, so the [B, S, A] energies take three passes forward
+  and four backward, in place;
+- each step's inputs x(t) = [m ⊙ a(t); s(t-1)] written into one buffer whose rows are padded
+  to a multiple of 8, the layout :func:`step_product` wants, with no per-step concatenation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -40,86 +51,186 @@ def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Te
     return product.t()[:rows]
 
 
-class _DeferredWeightLinear(torch.autograd.Function):
-    """y = x·Wᵀ for one step; ∂L/∂W is returned once, by the first step, for all steps."""
+def padded_rows(rows: int, device: torch.device) -> int:
+    """``rows`` rounded up to a multiple of 8 on the CPU (see :func:`step_product`)."""
+    return rows + (-rows) % 8 if device.type == "cpu" else rows
+
+
+class AttentiveLSTMOutput(NamedTuple):
+    """contexts a(1..T) ``[B, T, C]``, states s(1..T) ``[B, T, H]``, weights α ``[B, T, S]``
+    (the weights carry no gradient)."""
+
+    contexts: Tensor
+    states: Tensor
+    weights: Tensor
+
+
+class _AttentiveLSTM(torch.autograd.Function):
+    """See the module docstring; the arguments are those of :func:`attentive_lstm`."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, weight_t: Tensor,
-                ledger: list[tuple[Tensor, Tensor]], first: bool) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.weight_t, ctx.ledger, ctx.first = weight_t, ledger, first
-        return step_product(x, weight)
+    def forward(ctx: Any, known_gates: Tensor, hidden: Tensor, cell: Tensor, keys: Tensor,
+                values: Tensor, query_weight: Tensor, energy_weight: Tensor,
+                recurrent_weight: Tensor, mask: Tensor,
+                context_masks: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        batch, steps, gate_size = known_gates.shape
+        size, (sources, attention), context_size = gate_size // 4, keys.shape[1:], values.size(2)
+        rows = padded_rows(batch, known_gates.device)
+        new = known_gates.new_empty
+        inputs = known_gates.new_zeros(steps, rows, context_size + size)  # x(t), padded rows 0
+        activations = new(steps, batch, gate_size)  # σ(i), σ(f), tanh(g), σ(o)
+        cells = new(steps, batch, size)
+        sigmoids = new(steps, batch, sources, attention)  # σ(2z(t)) = (1 + tanh z(t)) / 2
+        contexts, states = new(batch, steps, context_size), new(batch, steps, size)
+        weights = new(steps, batch, sources)  # step-major: bmm wants each α(t) contiguous
+        doubled_keys, padding = 2.0 * keys, ~mask
+        initial_cell = cell
+        inputs[0, :batch, context_size:] = hidden
+        for t in range(steps):
+            step_input = inputs[t]
+            projected = step_product(step_input[:, context_size:], query_weight)[:batch]
+            alpha, context = _attend(projected, doubled_keys, values, padding, energy_weight,
+                                     sigmoids_out=sigmoids[t])
+            weights[t] = alpha
+            contexts[:, t] = context
+            dropped = step_input[:batch, :context_size]
+            if context_masks is None:
+                dropped.copy_(context)
+            else:
+                torch.mul(context, context_masks[t], out=dropped)
+            # known gates first: the sum is row-major like them
+            gates = known_gates[:, t] + step_product(step_input, recurrent_weight)[:batch]
+            cell, state = _lstm_cell(gates, cell, activations_out=activations[t],
+                                     cell_out=cells[t])
+            states[:, t] = state
+            if t + 1 < steps:
+                inputs[t + 1, :batch, context_size:] = state
+        ctx.save_for_backward(inputs, activations, cells, sigmoids, weights, values,
+                              query_weight, energy_weight, recurrent_weight, initial_cell,
+                              context_masks)
+        batch_major_weights = weights.transpose(0, 1)
+        ctx.mark_non_differentiable(batch_major_weights)
+        return contexts, states, batch_major_weights
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Optional[Tensor], None, None, None]:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        ctx.ledger.append((grad, x))
-        weight_grad = None
-        if ctx.first:  # every later step has filed its pair by now
-            grads, inputs = zip(*ctx.ledger)
-            ctx.ledger.clear()
-            weight_grad = torch.cat(grads).t() @ torch.cat(inputs)
-        return step_product(grad, ctx.weight_t), weight_grad, None, None, None
+    @once_differentiable  # it overwrites what it saved
+    def backward(ctx: Any, grad_contexts: Optional[Tensor], grad_states: Optional[Tensor],
+                 _: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        (inputs, activations, cells, sigmoids, weights, values, query_weight, energy_weight,
+         recurrent_weight, initial_cell, context_masks) = ctx.saved_tensors
+        steps, batch, gate_size = activations.shape
+        size, (sources, attention), context_size = gate_size // 4, sigmoids.shape[2:], values.size(2)
+        zeros = inputs.new_zeros
+        grad_gates = zeros(steps, inputs.size(1), gate_size)       # ∂gates(t), padded rows 0
+        grad_projected = zeros(steps, inputs.size(1), attention)   # ∂(W₁s(t-1))
+        grad_context = inputs.new_empty(steps, batch, context_size)  # ∂a(t)
+        grad_keys, grad_energy_weight = zeros(batch, sources, attention), zeros(attention)
+        values_t = values.transpose(1, 2).contiguous()  # [B, C, S]: bmm is 4× faster for ∂α
+        recurrent_t, query_t = recurrent_weight.t().contiguous(), query_weight.t().contiguous()
+        grad_state, grad_cell = zeros(batch, size), zeros(batch, size)
+        for t in reversed(range(steps)):
+            if grad_states is not None:
+                grad_state = grad_state + grad_states[:, t]
+            grad_cell = _lstm_cell_backward(grad_state, grad_cell, activations[t], cells[t],
+                                            cells[t - 1] if t else initial_cell,
+                                            out=grad_gates[t, :batch])
+            grad_input = step_product(grad_gates[t], recurrent_t)[:batch]  # [B, C + H]
+            context = grad_input[:, :context_size]
+            if context_masks is not None:
+                context = context * context_masks[t]
+            if grad_contexts is not None:
+                context = context + grad_contexts[:, t]
+            context = grad_context[t].copy_(context)  # contiguous, for bmm
+            _attend_backward(context, weights[t], values_t, sigmoids[t], energy_weight,
+                             grad_projected_out=grad_projected[t, :batch],
+                             grad_keys_acc=grad_keys, grad_energy_weight_acc=grad_energy_weight)
+            grad_state = (grad_input[:, context_size:]
+                          + step_product(grad_projected[t], query_t)[:batch])
+        flat_inputs = inputs.view(-1, inputs.size(2))
+        grad_recurrent = grad_gates.view(-1, gate_size).t() @ flat_inputs
+        grad_query = grad_projected.view(-1, attention).t() @ flat_inputs[:, context_size:]
+        grad_keys.mul_(4.0 * energy_weight)  # see _attend_backward
+        grad_values = torch.bmm(weights.permute(1, 2, 0), grad_context.transpose(0, 1))
+        return (grad_gates[:, :batch].transpose(0, 1), grad_state, grad_cell, grad_keys,
+                grad_values, grad_query, grad_energy_weight, grad_recurrent, None, None)
 
 
-class StepLinear:
-    """x ↦ x·Wᵀ (no bias) for the steps of one recurrence, x ``[B, in]`` → ``[B, out]``.
+def _attend(projected: Tensor, doubled_keys: Tensor, values: Tensor, padding: Tensor,
+            energy_weight: Tensor, sigmoids_out: Tensor) -> tuple[Tensor, Tensor]:
+    """α ``[B, S]`` and a = α·h ``[B, C]`` from W₁s ``[B, A]``, 2·W₂h ``[B, S, A]``, h, the
+    padding ``[B, S]`` and w; σ(2z) ``[B, S, A]`` is written into ``sigmoids_out``."""
+    # W₁s made row-major: broadcast over S in its column-major layout, the sum would read it
+    # with a stride along A and run unvectorized (≈ 10× slower)
+    z2 = torch.add(doubled_keys, projected.contiguous().unsqueeze(1), alpha=2.0,
+                   out=sigmoids_out)
+    energies = (z2.sigmoid_().view(-1, z2.size(-1)) @ energy_weight).view(padding.shape)
+    # 2wᵀσ(2z) = wᵀtanh(z) + Σw: the constant does not change the softmax
+    alpha = torch.softmax(energies.mul_(2.0).masked_fill_(padding, float("-inf")), dim=-1)
+    return alpha, torch.bmm(alpha.unsqueeze(1), values).squeeze(1)
 
-    Each call is a :func:`step_product`. With gradients on, a call's backward only files its
-    (∂L/∂y, x) pair and the first call's backward — which autograd runs last, because each
-    call's input depends on the previous call's output — returns ∂W = Σ_t ∂y(t)ᵀ·x(t) as one
-    large product instead of one small product per step. So: one instance per sequence, and
-    only for a weight used in a recurrence.
+
+def _attend_backward(grad_context: Tensor, alpha: Tensor, values_t: Tensor, sigmoids: Tensor,
+                     energy_weight: Tensor, grad_projected_out: Tensor, grad_keys_acc: Tensor,
+                     grad_energy_weight_acc: Tensor) -> None:
+    """From ∂a ``[B, C]`` (contiguous): writes ∂(W₁s) ``[B, A]``, adds Σ_T σ(1 − σ)·∂e to
+    ``grad_keys_acc`` (∂keys once multiplied by 4w) and ∂w to its accumulator. ``values_t``
+    is hᵀ ``[B, C, S]``; ``sigmoids`` σ(2z) ``[B, S, A]`` is overwritten."""
+    grad_alpha = torch.bmm(grad_context.unsqueeze(1), values_t).squeeze(1)  # [B, S]
+    grad_energies = alpha * (grad_alpha - (alpha * grad_alpha).sum(-1, keepdim=True))
+    # e = 2wᵀσ − Σw: ∂w = Σ (2σ − 1)·∂e
+    grad_energy_weight_acc.addmv_(sigmoids.view(-1, sigmoids.size(-1)).t(),
+                                  grad_energies.view(-1), alpha=2.0).sub_(grad_energies.sum())
+    # ∂z = (1 − tanh² z)·w·∂e = 4w ⊙ σ(1 − σ)·∂e
+    slope = sigmoids.addcmul_(sigmoids, sigmoids, value=-1.0)  # σ(1 − σ), in place
+    grad_keys_acc.addcmul_(slope, grad_energies.unsqueeze(-1))
+    torch.bmm(grad_energies.unsqueeze(1), slope, out=grad_projected_out.unsqueeze(1))  # Σ_S
+    grad_projected_out.mul_(4.0 * energy_weight)
+
+
+def _lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor,
+               cell_out: Tensor) -> tuple[Tensor, Tensor]:
+    """c(t), s(t) ``[B, H]`` from the gates ``[B, 4H]`` (i, f, g, o) and c(t-1); σ(i), σ(f),
+    tanh(g), σ(o) are written into ``activations_out``, c(t) into ``cell_out``."""
+    size = cell.size(1)
+    torch.sigmoid(gates[:, :2 * size], out=activations_out[:, :2 * size])
+    torch.tanh(gates[:, 2 * size:3 * size], out=activations_out[:, 2 * size:3 * size])
+    torch.sigmoid(gates[:, 3 * size:], out=activations_out[:, 3 * size:])
+    in_gate, forget, candidate, out_gate = activations_out.chunk(4, dim=1)
+    cell = torch.addcmul(forget * cell, in_gate, candidate, out=cell_out)
+    return cell, out_gate * torch.tanh(cell)
+
+
+def _lstm_cell_backward(grad_state: Tensor, grad_cell: Tensor, activations: Tensor,
+                        cell: Tensor, previous_cell: Tensor, out: Tensor) -> Tensor:
+    """Writes ∂gates ``[B, 4H]`` (before the activations) into ``out`` and returns ∂c(t-1).
+
+    From s = σ(o)·tanh(c), c = σ(f)·c(t-1) + σ(i)·tanh(g): ∂c += ∂s·σ(o)·(1 − tanh² c),
+    ∂o = ∂s·tanh c·σ'(o), ∂i = ∂c·tanh g·σ'(i), ∂f = ∂c·c(t-1)·σ'(f), ∂g = ∂c·σ(i)·(1 − tanh² g).
     """
-
-    def __init__(self, weight: Tensor) -> None:
-        self.weight = weight
-        self.deferred = torch.is_grad_enabled() and weight.requires_grad
-        # Wᵀ laid out for the backward's ∂L/∂x = ∂L/∂y·W, itself a step_product
-        self.weight_t = weight.detach().t().contiguous() if self.deferred else weight
-        self.ledger: list[tuple[Tensor, Tensor]] = []
-        self.calls = 0
-
-    def __call__(self, x: Tensor) -> Tensor:
-        first, self.calls = self.calls == 0, self.calls + 1
-        if self.deferred and torch.is_grad_enabled():
-            return _DeferredWeightLinear.apply(x, self.weight, self.weight_t, self.ledger, first)
-        return step_product(x, self.weight)
+    in_gate, forget, candidate, out_gate = activations.chunk(4, dim=1)
+    grad_in, grad_forget, grad_candidate, grad_out = out.chunk(4, dim=1)
+    tanh_cell = torch.tanh(cell)
+    torch.mul(grad_state, tanh_cell, out=grad_out).mul_(out_gate - out_gate * out_gate)
+    grad_cell = grad_cell + grad_state * out_gate * (1.0 - tanh_cell * tanh_cell)
+    torch.mul(grad_cell, candidate, out=grad_in).mul_(in_gate - in_gate * in_gate)
+    torch.mul(grad_cell, previous_cell, out=grad_forget).mul_(forget - forget * forget)
+    torch.mul(grad_cell, in_gate, out=grad_candidate).mul_(1.0 - candidate * candidate)
+    return grad_cell * forget
 
 
-class SteppedLSTM:
-    """One pass over a sequence with a one-layer, unidirectional ``lstm``'s parameters.
+def attentive_lstm(known_gates: Tensor, hidden: Tensor, cell: Tensor, keys: Tensor,
+                   values: Tensor, mask: Tensor, query_weight: Tensor, energy_weight: Tensor,
+                   recurrent_weight: Tensor,
+                   context_masks: Optional[Tensor] = None) -> AttentiveLSTMOutput:
+    """The recurrence of the module docstring over T teacher-forced steps.
 
-    ``start(known [B, T, E], hidden, cell)`` projects the inputs known in advance (the
-    embedded targets) for all T steps; ``step(t, extra [B, C])`` then advances one step with the
-    input computed on the way (the context) and returns s(t) ``[B, H]``.
+    known_gates ``[B, T, 4H]`` = W_e E y(t-1) + b_ih + b_hh for every step; hidden, cell
+    ``[B, H]`` = s(0), c(0); keys = W₂h + b₂ ``[B, S, A]``; values = h ``[B, S, C]``; mask
+    ``[B, S]`` (True on real source tokens); query_weight W₁ ``[A, H]``; energy_weight w ``[A]``;
+    recurrent_weight [W_a, W_hh] ``[4H, C + H]``; context_masks ``[T, B, C]`` (scaled dropout
+    keep-masks) or None.
     """
-
-    def __init__(self, lstm: nn.LSTM, known_size: int) -> None:
-        if lstm.num_layers != 1 or lstm.bidirectional or not lstm.bias:
-            raise ValueError("SteppedLSTM needs a one-layer, unidirectional LSTM with biases")
-        self.lstm = lstm
-        self.known_size = known_size
-
-    def start(self, known: Tensor, hidden: Tensor, cell: Tensor) -> None:
-        """known ``[B, T, E]``; hidden, cell ``[B, H]`` (the initial state)."""
-        w_ih, w_hh = self.lstm.weight_ih_l0, self.lstm.weight_hh_l0
-        bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
-        known_gates = torch.addmm(bias, known.flatten(0, 1), w_ih[:, :self.known_size].t())
-        # unbind, not [:, t] per step: its backward stacks all steps' gradients at once instead
-        # of zero-filling and accumulating a [B, T, 4H] tensor at every step
-        self.known_gates = known_gates.view(*known.shape[:2], -1).unbind(1)
-        self.recurrent = StepLinear(torch.cat([w_ih[:, self.known_size:], w_hh], dim=1))
-        self.hidden, self.cell = hidden, cell
-
-    def step(self, t: int, extra: Tensor) -> Tensor:
-        """Advance from s(t-1) with the step's ``extra [B, C]`` input; returns s(t)."""
-        recurrent = self.recurrent(torch.cat([extra, self.hidden], dim=1))
-        gates = self.known_gates[t] + recurrent  # row-major, like its first operand
-        input_forget, candidate, output = gates.split([2 * self.lstm.hidden_size,
-                                                       self.lstm.hidden_size,
-                                                       self.lstm.hidden_size], dim=1)
-        input_gate, forget_gate = torch.sigmoid(input_forget).chunk(2, dim=1)
-        self.cell = forget_gate * self.cell + input_gate * torch.tanh(candidate)
-        self.hidden = torch.sigmoid(output) * torch.tanh(self.cell)
-        return self.hidden
+    contexts, states, weights = _AttentiveLSTM.apply(
+        known_gates, hidden, cell, keys, values, query_weight, energy_weight, recurrent_weight,
+        mask, context_masks)
+    return AttentiveLSTMOutput(contexts, states, weights)

@@ -10,7 +10,7 @@ from s2s.attention import build_attention
 from s2s.dropout import Dropout
 from s2s.inference import quantize_int8
 from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
-from s2s.recurrent import StepLinear, step_product
+from s2s.recurrent import attentive_lstm, step_product
 from tests.conftest import tiny_model
 
 needs_prepack = pytest.mark.skipif(not prepack_available(), reason="torch build lacks oneDNN")
@@ -53,45 +53,70 @@ def test_step_product_is_x_times_w_transposed():
     torch.testing.assert_close(step_product(x, w), x @ w.t())
 
 
-def test_step_linear_defers_the_weight_gradient_of_a_recurrence():
-    """h(t) = tanh(W h(t-1)): the deferred weight gradient (one product, returned by the first
-    step's backward) and every input gradient equal plain autograd's."""
-    torch.manual_seed(2)
-    weight = torch.randn(6, 6, requires_grad=True)
-    start = torch.randn(4, 6, requires_grad=True)
-
-    def unroll(project) -> torch.Tensor:
-        hidden, total = start, 0.0
-        for _ in range(5):
-            hidden = torch.tanh(project(hidden))
-            total = total + (hidden * torch.arange(6.0)).sum()
-        return total
-
-    plain = unroll(lambda h: h @ weight.t())
-    plain.backward()
-    expected = weight.grad.clone(), start.grad.clone()
-    weight.grad = start.grad = None
-    stepped = StepLinear(weight)
-    fast = unroll(stepped)
-    fast.backward()
-    torch.testing.assert_close(fast, plain)
-    # one product instead of five: the same sum in another order
-    torch.testing.assert_close(weight.grad, expected[0], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(start.grad, expected[1], rtol=1e-5, atol=1e-4)
-    assert stepped.ledger == []  # the first step's backward consumed every filed pair
+def _attentive_lstm_reference(known_gates, hidden, cell, keys, values, query_weight,
+                              energy_weight, recurrent_weight, mask, context_masks):
+    """The recurrence of s2s.recurrent's docstring in plain torch operations (autograd)."""
+    contexts, states, weights = [], [], []
+    for t in range(known_gates.size(1)):
+        energies = torch.tanh(keys + (hidden @ query_weight.t()).unsqueeze(1)) @ energy_weight
+        alpha = torch.softmax(energies.masked_fill(~mask, float("-inf")), dim=-1)
+        context = (alpha.unsqueeze(-1) * values).sum(1)
+        dropped = context if context_masks is None else context * context_masks[t]
+        gates = known_gates[:, t] + torch.cat([dropped, hidden], dim=1) @ recurrent_weight.t()
+        in_gate, forget, candidate, out_gate = gates.chunk(4, dim=1)
+        cell = torch.sigmoid(forget) * cell + torch.sigmoid(in_gate) * torch.tanh(candidate)
+        hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
+        contexts.append(context)
+        states.append(hidden)
+        weights.append(alpha)
+    return torch.stack(contexts, 1), torch.stack(states, 1), torch.stack(weights, 1)
 
 
-def test_bahdanau_steps_equal_the_module():
-    torch.manual_seed(3)
-    attention = build_attention("bahdanau", 6, 10)
-    keys, values = attention.precompute(torch.randn(3, 5, 10), torch.randn(3, 5, 10))
-    mask = torch.ones(3, 5, dtype=torch.bool)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch,dropout", [(3, True), (9, False)])
+def test_attentive_lstm_equals_autograd_through_plain_ops(dtype, batch, dropout):
+    """The fused Bahdanau recurrence's outputs and hand-written backward (every input's
+    gradient) against autograd on the plain equations, with source padding (one sentence of
+    a single token), dropout masks on the context and batches that are and are not multiples
+    of 8 rows."""
+    gen = torch.Generator().manual_seed(batch)
+    steps, sources, size, attention, context = 5, 6, 4, 7, 5
+
+    def param(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()
+
+    inputs = {"known_gates": param(batch, steps, 4 * size), "hidden": param(batch, size),
+              "cell": param(batch, size), "keys": param(batch, sources, attention),
+              "values": param(batch, sources, context), "query_weight": param(attention, size),
+              "energy_weight": param(attention),
+              "recurrent_weight": param(4 * size, context + size)}
+    mask = torch.ones(batch, sources, dtype=torch.bool)
     mask[1, 3:] = False
-    query = torch.randn(3, 1, 6)
-    expected = attention(query, keys, values, mask)
-    got = attention.for_steps()(query, keys, values, mask)
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b)
+    mask[-1, 1:] = False
+    masks = ((torch.rand(steps, batch, context, generator=gen) > 0.3).to(dtype) / 0.7
+             if dropout else None)
+    upstream = (torch.randn(batch, steps, context, generator=gen, dtype=dtype),
+                torch.randn(batch, steps, size, generator=gen, dtype=dtype))
+
+    def backward(contexts: torch.Tensor, states: torch.Tensor) -> dict[str, torch.Tensor]:
+        ((contexts * upstream[0]).sum() + (states * upstream[1]).sum()).backward()
+        grads = {name: tensor.grad for name, tensor in inputs.items()}
+        for tensor in inputs.values():
+            tensor.grad = None
+        return grads
+
+    fused = attentive_lstm(mask=mask, context_masks=masks, **inputs)
+    fused_grads = backward(fused.contexts, fused.states)
+    plain = _attentive_lstm_reference(*inputs.values(), mask, masks)
+    plain_grads = backward(*plain[:2])
+
+    tolerance = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for got, expected in zip(fused, plain):
+        torch.testing.assert_close(got, expected, **tolerance)
+    assert not fused.weights.requires_grad
+    assert torch.all(fused.weights.masked_select(~mask.unsqueeze(1)) == 0)
+    for name in inputs:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], msg=name, **tolerance)
 
 
 def test_bahdanau_energies_and_gradients_equal_autograd():

@@ -46,8 +46,8 @@ def test_decoder_output_shapes(name):
                          + [("bahdanau", 1), ("general", 1)])
 def test_fast_paths_equal_step_by_step(name, num_layers):
     """Full teacher forcing without input feeding: the loop-free Luong path, the Bahdanau loop
-    with one attentional product and (one layer) the hand-stepped LSTM with deferred weight
-    gradients give the loss and gradients of step() after step()."""
+    with one attentional product and (one layer) the fused recurrence with its hand-written
+    backward give the loss and gradients of step() after step()."""
     model = tiny_model(name, num_layers=num_layers)
     assert model.decoder.runs_loop_free == (name != "bahdanau")
     batch = random_batch(seed=3)
@@ -181,7 +181,7 @@ def test_loss_and_gradients_match_torch_cross_entropy(smoothing):
 @pytest.mark.parametrize("name", ATTENTION_NAMES)
 def test_gradients_equal_finite_differences(name, input_feeding):
     """Every hand-written backward on the training path (the fused loss, the energies, the
-    deferred weight gradients, the fast tanh) against central differences of the whole
+    fused Bahdanau recurrence, the fast tanh) against central differences of the whole
     model's loss in float64, at a few entries of every parameter tensor."""
     model = tiny_model(name, input_feeding=input_feeding).double().train()
     batch = random_batch(seed=3)
