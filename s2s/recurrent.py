@@ -10,7 +10,7 @@ size, gates in ``nn.LSTM``'s order i, f, g, o):
     c(t) = σ(f) ⊙ c(t-1) + σ(i) ⊙ tanh(g),   s(t) = σ(o) ⊙ tanh(c(t))
 
 (m(t): the context's dropout mask). Every step depends on the one before, so the loop runs in
-Python. Written as plain torch operations, autograd records ≈ 40 nodes per step, runs the
+Python. Written as plain torch operations, autograd records two dozen nodes per step, runs the
 context's backward as batched products of one row (an outer product per step for ∂h) and
 accumulates a fresh [B, S, A] gradient for the keys at every step. :func:`attentive_lstm` runs
 the forward loop with no graph and its backward — backpropagation through time — by hand:
