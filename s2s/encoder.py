@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from s2s.dropout import Dropout
+from s2s.recurrent import packed_layout, packed_lstm
 
 
 class EncoderOutput(NamedTuple):
@@ -38,14 +40,62 @@ class Encoder(nn.Module):
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions
 
-    def forward(self, src: Tensor, lengths: Tensor) -> EncoderOutput:
-        """src ``[B, S]`` token ids, lengths ``[B]`` (on the CPU or the device)."""
+    def forward(self, src: Tensor, lengths: Tensor, reference: bool = False) -> EncoderOutput:
+        """src ``[B, S]`` token ids, lengths ``[B]`` (on the CPU or the device).
+
+        In training on the CPU the LSTM runs as :func:`~s2s.recurrent.packed_lstm` (same
+        parameters, same results; ``nn.LSTM`` over packed sequences projects every step's input
+        separately and leaves a per-step graph for autograd, which costs in the backward);
+        otherwise, or with ``reference``, as ``nn.LSTM`` (its forward alone is as fast).
+        """
         embedded = self.dropout(self.embedding(src))
+        if reference or not self._runs_by_hand(src):
+            states, final_hidden, final_cell = self._run_module(embedded, lengths)
+        else:
+            states, final_hidden, final_cell = self._run_by_hand(embedded, lengths)
+        return EncoderOutput(self.dropout(states), final_hidden, final_cell)
+
+    def _runs_by_hand(self, src: Tensor) -> bool:
+        # an int8 (dynamically quantized) LSTM has no float weights to hand over
+        return (src.device.type == "cpu" and torch.is_grad_enabled() and type(self.rnn) is nn.LSTM
+                and isinstance(getattr(self.rnn, "weight_hh_l0", None), Tensor))
+
+    def _run_module(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         packed_out, (h_n, c_n) = self.rnn(packed)
-        states, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
-        return EncoderOutput(self.dropout(states), self._last_layer(h_n), self._last_layer(c_n))
+        states, _ = pad_packed_sequence(packed_out, batch_first=True,
+                                        total_length=embedded.size(1))
+        return states, self._last_layer(h_n), self._last_layer(c_n)
+
+    def _run_by_hand(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """states ``[B, S, D·H]`` (zero on padding) and the top layer's final states."""
+        batch, padded_length, _ = embedded.shape
+        layout = packed_layout(lengths, padded_length, embedded.device)
+        indices = [layout.forward_index, layout.reverse_index][:self.num_directions]
+        which = torch.cat(indices)                                            # [D·N]
+        direction = torch.repeat_interleave(
+            torch.arange(self.num_directions, device=which.device), layout.forward_index.numel())
+        flat = embedded.reshape(batch * padded_length, -1)
+        for layer in range(self.rnn.num_layers):
+            if layer:
+                flat = F.dropout(flat, self.rnn.dropout, self.training)
+            input_weight, bias, recurrent_weight = self._layer_weights(layer)
+            inputs = flat.index_select(0, which).view(self.num_directions, -1, flat.size(1))
+            states, cells = packed_lstm(inputs, layout, input_weight, bias, recurrent_weight)
+            size = states.size(2)
+            flat = flat.new_zeros(batch * padded_length, self.num_directions, size).index_put(
+                (which, direction), states.reshape(-1, size)).view(batch * padded_length, -1)
+        final_hidden = states[:, layout.final_rows].transpose(0, 1).reshape(batch, -1)
+        final_cell = cells[:, layout.final_rows].transpose(0, 1).reshape(batch, -1)
+        return flat.view(batch, padded_length, -1), final_hidden, final_cell
+
+    def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+        """W_ih ``[D, 4H, E]``, b_ih + b_hh ``[D, 4H]``, W_hh ``[D, 4H, H]`` of one layer."""
+        suffixes = ["", "_reverse"][:self.num_directions]
+        weight = lambda name: torch.stack(  # noqa: E731
+            [getattr(self.rnn, f"{name}_l{layer}{suffix}") for suffix in suffixes])
+        return weight("weight_ih"), weight("bias_ih") + weight("bias_hh"), weight("weight_hh")
 
     def _last_layer(self, final: Tensor) -> Tensor:
         """[layers × directions, B, H] -> [B, directions × H] for the top layer."""

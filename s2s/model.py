@@ -37,9 +37,11 @@ class Seq2Seq(nn.Module):
         self.decoder = decoder
         self.special = special
 
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
-        """src ``[B, S]``, src_lengths ``[B]`` → the memory to attend over and s(0)."""
-        encoded = self.encoder(src, src_lengths)
+    def encode(self, src: Tensor, src_lengths: Tensor,
+               reference: bool = False) -> tuple[Memory, DecoderState]:
+        """src ``[B, S]``, src_lengths ``[B]`` → the memory to attend over and s(0)
+        (``reference``: through ``nn.LSTM``, see :meth:`Encoder.forward`)."""
+        encoded = self.encoder(src, src_lengths, reference=reference)
         mask = src != self.special.pad
         return self.decoder.memory(encoded, mask), self.decoder.init_state(encoded)
 
@@ -57,7 +59,7 @@ class Seq2Seq(nn.Module):
         The output layer and the loss run once, over only the real tokens: padded positions
         cost no output-layer compute.
         """
-        memory, state = self.encode(batch.src, batch.src_lengths)
+        memory, state = self.encode(batch.src, batch.src_lengths, reference=force_loop)
         vectors, _ = self.decoder(batch.tgt_in, state, memory, teacher_forcing_ratio,
                                   force_loop=force_loop)
         real = batch.tgt_mask

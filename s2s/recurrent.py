@@ -1,7 +1,8 @@
-"""The teacher-forced Bahdanau decoder recurrence, as one autograd function.
+"""Recurrences run by hand, forward and backward through time: the teacher-forced Bahdanau
+decoder (:func:`attentive_lstm`) and the encoder's packed (bi)LSTM (:func:`packed_lstm`).
 
-At step t (B sentences, S source positions, H = decoder size, A = attention size, C = context
-size, gates in ``nn.LSTM``'s order i, f, g, o):
+At step t of the decoder (B sentences, S source positions, H = decoder size, A = attention
+size, C = context size, gates in ``nn.LSTM``'s order i, f, g, o):
 
     e(t) = wᵀ tanh(W₂h + W₁ s(t-1))                       energies      [B, S]
     α(t) = softmax(e(t)) over real source positions                     [B, S]
@@ -22,6 +23,11 @@ the forward loop with no graph and its backward — backpropagation through time
   and four backward, in place;
 - each step's inputs x(t) = [m ⊙ a(t); s(t-1)] written into one buffer whose rows are padded
   to a multiple of 8, the layout :func:`step_product` wants, with no per-step concatenation.
+
+The encoder's LSTM over packed sentences is the same idea without attention: ``nn.LSTM`` on the
+CPU projects each step's inputs separately and leaves a per-step graph for autograd;
+:func:`packed_lstm` projects all tokens of both directions in one product, runs only
+W_hh s(t-1) step by step (both directions in one batched product) and sums ∂W_hh once.
 """
 
 from __future__ import annotations
@@ -187,28 +193,31 @@ def _attend_backward(grad_context: Tensor, alpha: Tensor, values_t: Tensor, sigm
     grad_projected_out.mul_(4.0 * energy_weight)
 
 
-def _lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor,
-               cell_out: Tensor) -> tuple[Tensor, Tensor]:
-    """c(t), s(t) ``[B, H]`` from the gates ``[B, 4H]`` (i, f, g, o) and c(t-1); σ(i), σ(f),
-    tanh(g), σ(o) are written into ``activations_out``, c(t) into ``cell_out``."""
-    size = cell.size(1)
-    torch.sigmoid(gates[:, :2 * size], out=activations_out[:, :2 * size])
-    torch.tanh(gates[:, 2 * size:3 * size], out=activations_out[:, 2 * size:3 * size])
-    torch.sigmoid(gates[:, 3 * size:], out=activations_out[:, 3 * size:])
-    in_gate, forget, candidate, out_gate = activations_out.chunk(4, dim=1)
+def _lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor, cell_out: Tensor,
+               state_out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """c(t), s(t) ``[..., H]`` from the gates ``[..., 4H]`` (i, f, g, o) and c(t-1); σ(i), σ(f),
+    tanh(g), σ(o) are written into ``activations_out``, c(t) into ``cell_out`` (and s(t) into
+    ``state_out`` when given)."""
+    size = cell.size(-1)
+    torch.sigmoid(gates[..., :2 * size], out=activations_out[..., :2 * size])
+    torch.tanh(gates[..., 2 * size:3 * size], out=activations_out[..., 2 * size:3 * size])
+    torch.sigmoid(gates[..., 3 * size:], out=activations_out[..., 3 * size:])
+    in_gate, forget, candidate, out_gate = activations_out.chunk(4, dim=-1)
     cell = torch.addcmul(forget * cell, in_gate, candidate, out=cell_out)
-    return cell, out_gate * torch.tanh(cell)
+    if state_out is None:
+        return cell, out_gate * torch.tanh(cell)
+    return cell, torch.mul(out_gate, torch.tanh(cell), out=state_out)
 
 
 def _lstm_cell_backward(grad_state: Tensor, grad_cell: Tensor, activations: Tensor,
                         cell: Tensor, previous_cell: Tensor, out: Tensor) -> Tensor:
-    """Writes ∂gates ``[B, 4H]`` (before the activations) into ``out`` and returns ∂c(t-1).
+    """Writes ∂gates ``[..., 4H]`` (before the activations) into ``out``; returns ∂c(t-1).
 
     From s = σ(o)·tanh(c), c = σ(f)·c(t-1) + σ(i)·tanh(g): ∂c += ∂s·σ(o)·(1 − tanh² c),
     ∂o = ∂s·tanh c·σ'(o), ∂i = ∂c·tanh g·σ'(i), ∂f = ∂c·c(t-1)·σ'(f), ∂g = ∂c·σ(i)·(1 − tanh² g).
     """
-    in_gate, forget, candidate, out_gate = activations.chunk(4, dim=1)
-    grad_in, grad_forget, grad_candidate, grad_out = out.chunk(4, dim=1)
+    in_gate, forget, candidate, out_gate = activations.chunk(4, dim=-1)
+    grad_in, grad_forget, grad_candidate, grad_out = out.chunk(4, dim=-1)
     tanh_cell = torch.tanh(cell)
     torch.mul(grad_state, tanh_cell, out=grad_out).mul_(out_gate - out_gate * out_gate)
     grad_cell = grad_cell + grad_state * out_gate * (1.0 - tanh_cell * tanh_cell)
@@ -234,3 +243,119 @@ def attentive_lstm(known_gates: Tensor, hidden: Tensor, cell: Tensor, keys: Tens
         known_gates, hidden, cell, keys, values, query_weight, energy_weight, recurrent_weight,
         mask, context_masks)
     return AttentiveLSTMOutput(contexts, states, weights)
+
+
+# ------------------------------------------------------------------ the encoder's (bi)LSTM
+class PackedLayout(NamedTuple):
+    """Where the real tokens of a padded ``[B, S]`` batch go in a packed, time-major recurrence.
+
+    Packed row ``offsets[t] + j`` is step t of the j-th longest sentence (ties in batch order),
+    so step t occupies ``batch_sizes[t]`` consecutive rows and the sentences still running at
+    step t + 1 are the first rows of step t. A sentence read backwards (the reverse direction)
+    has the same lengths, so both directions share the layout; only the token at each row differs.
+    """
+
+    batch_sizes: list[int]   # rows per step, non-increasing
+    offsets: list[int]       # first packed row of each step
+    forward_index: Tensor    # [N] flat position b·S + t in the padded batch of each packed row
+    reverse_index: Tensor    # [N] the same for the reversed sentence: b·S + (L_b − 1 − t)
+    final_rows: Tensor       # [B] each sentence's packed row at its last step, batch order
+    previous_rows: Tensor    # [N − B] for the rows of steps t ≥ 1, the row of step t − 1
+
+
+def packed_layout(lengths: Tensor, padded_length: int, device: torch.device) -> PackedLayout:
+    """The layout of sentences of ``lengths`` ``[B]`` (all ≥ 1) padded to ``padded_length``."""
+    lengths = lengths.cpu().long()
+    order = torch.argsort(lengths, descending=True, stable=True)
+    steps = int(lengths[order[0]])
+    sizes = (lengths.unsqueeze(0) > torch.arange(steps).unsqueeze(1)).sum(1)     # [steps]
+    starts = torch.cumsum(sizes, 0) - sizes
+    step = torch.repeat_interleave(torch.arange(steps), sizes)                     # [N]
+    rank = torch.arange(step.numel()) - starts[step]
+    sentence = order[rank]
+    final_rows = torch.empty_like(order)
+    final_rows[order] = starts[lengths[order] - 1] + torch.arange(order.numel())
+    later = step > 0
+    previous_rows = starts[step[later] - 1] + rank[later]
+    to_device = lambda index: index.to(device)  # noqa: E731
+    return PackedLayout(sizes.tolist(), starts.tolist(),
+                        to_device(sentence * padded_length + step),
+                        to_device(sentence * padded_length + lengths[sentence] - 1 - step),
+                        to_device(final_rows), to_device(previous_rows))
+
+
+class _PackedLSTM(torch.autograd.Function):
+    """The recurrence of :func:`packed_lstm`, forward and backward through time by hand."""
+
+    @staticmethod
+    def forward(ctx: Any, input_gates: Tensor, recurrent_weight: Tensor,
+                layout: PackedLayout) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        directions, _, gate_size = input_gates.shape
+        size = gate_size // 4
+        activations = torch.empty_like(input_gates)         # σ(i), σ(f), tanh(g), σ(o)
+        cells = input_gates.new_empty(directions, input_gates.size(1), size)
+        states = torch.empty_like(cells)
+        recurrent_t = recurrent_weight.transpose(1, 2)      # [D, H, 4H]
+        for t, (rows, start) in enumerate(zip(layout.batch_sizes, layout.offsets)):
+            here = slice(start, start + rows)
+            if t == 0:
+                gates, previous_cell = input_gates[:, here], cells.new_zeros(directions, rows, size)
+            else:
+                before = slice(layout.offsets[t - 1], layout.offsets[t - 1] + rows)
+                gates = torch.baddbmm(input_gates[:, here], states[:, before], recurrent_t)
+                previous_cell = cells[:, before]
+            _lstm_cell(gates, previous_cell, activations_out=activations[:, here],
+                       cell_out=cells[:, here], state_out=states[:, here])
+        ctx.save_for_backward(activations, cells, states, recurrent_weight)
+        ctx.layout = layout
+        return states, cells
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_states: Optional[Tensor],
+                 grad_cells: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        activations, cells, states, recurrent_weight = ctx.saved_tensors
+        layout: PackedLayout = ctx.layout
+        directions, _, size = cells.shape
+        grad_gates = torch.empty_like(activations)
+        carried_state = cells.new_zeros(directions, layout.batch_sizes[0], size)  # ∂s(t) from t + 1
+        carried_cell = torch.zeros_like(carried_state)
+        for t in reversed(range(len(layout.batch_sizes))):
+            rows, start = layout.batch_sizes[t], layout.offsets[t]
+            here = slice(start, start + rows)
+            grad_state, grad_cell = carried_state[:, :rows], carried_cell[:, :rows]
+            if grad_states is not None:
+                grad_state = grad_state + grad_states[:, here]
+            if grad_cells is not None:
+                grad_cell = grad_cell + grad_cells[:, here]
+            if t == 0:
+                previous_cell = cells.new_zeros(directions, rows, size)
+            else:
+                before = layout.offsets[t - 1]
+                previous_cell = cells[:, before:before + rows]
+            grad_previous_cell = _lstm_cell_backward(grad_state, grad_cell, activations[:, here],
+                                                     cells[:, here], previous_cell,
+                                                     out=grad_gates[:, here])
+            if t:
+                carried_cell[:, :rows] = grad_previous_cell
+                carried_state[:, :rows] = torch.bmm(grad_gates[:, here], recurrent_weight)
+        first = layout.batch_sizes[0]
+        # ∂W_hh = Σ_{t ≥ 1} ∂gates(t)ᵀ s(t-1): one product over all rows after the first step
+        grad_weight = torch.bmm(grad_gates[:, first:].transpose(1, 2),
+                                states[:, layout.previous_rows])
+        return grad_gates, grad_weight, None
+
+
+def packed_lstm(inputs: Tensor, layout: PackedLayout, input_weight: Tensor, bias: Tensor,
+                recurrent_weight: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM layer over packed sentences, every direction at once, from zero states.
+
+    inputs ``[D, N, E]`` (direction d's tokens in ``layout`` order), input_weight W_ih
+    ``[D, 4H, E]``, bias b_ih + b_hh ``[D, 4H]``, recurrent_weight W_hh ``[D, 4H, H]``.
+    Returns the states and cells ``[D, N, H]``: gates(t) = W_ih x(t) + b + W_hh s(t-1), then the
+    cell of :func:`_lstm_cell`. The input projection runs once for all N tokens; only the
+    recurrent product runs step by step (one batched product for the directions), and its
+    weight gradient is summed once after the backward loop.
+    """
+    input_gates = torch.baddbmm(bias.unsqueeze(1), inputs, input_weight.transpose(1, 2))
+    return _PackedLSTM.apply(input_gates, recurrent_weight, layout)

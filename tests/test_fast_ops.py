@@ -8,9 +8,10 @@ from torch import nn
 
 from s2s.attention import build_attention
 from s2s.dropout import Dropout
+from s2s.encoder import Encoder
 from s2s.inference import quantize_int8
 from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
-from s2s.recurrent import attentive_lstm, step_product
+from s2s.recurrent import attentive_lstm, packed_layout, step_product
 from tests.conftest import tiny_model
 
 needs_prepack = pytest.mark.skipif(not prepack_available(), reason="torch build lacks oneDNN")
@@ -207,3 +208,48 @@ def test_prepacked_model_steps_like_the_plain_one(name):
             results.append((log_probs, alpha, log_probs2))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------- the encoder's LSTM by hand
+def test_packed_layout_orders_steps_longest_first():
+    layout = packed_layout(torch.tensor([2, 3, 1, 3]), 4, torch.device("cpu"))
+    assert layout.batch_sizes == [4, 3, 2] and layout.offsets == [0, 4, 7]
+    # step 0: sentences 1, 3 (length 3, batch order), 0, 2; step 1: 1, 3, 0; step 2: 1, 3
+    sentences = [1, 3, 0, 2, 1, 3, 0, 1, 3]
+    steps = [0, 0, 0, 0, 1, 1, 1, 2, 2]
+    assert layout.forward_index.tolist() == [b * 4 + t for b, t in zip(sentences, steps)]
+    lengths = [2, 3, 1, 3]
+    assert layout.reverse_index.tolist() == [b * 4 + lengths[b] - 1 - t
+                                             for b, t in zip(sentences, steps)]
+    assert layout.final_rows.tolist() == [6, 7, 3, 8]
+    assert layout.previous_rows.tolist() == [0, 1, 2, 4, 5]
+
+
+@pytest.mark.parametrize("bidirectional,num_layers", [(True, 1), (True, 2), (False, 1),
+                                                      (False, 3)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_encoder_by_hand_equals_nn_lstm(bidirectional, num_layers, dtype):
+    """The CPU encoder (s2s.recurrent.packed_lstm) against nn.LSTM over packed sequences:
+    states, final states and every parameter's gradient, with tied lengths, a one-token
+    sentence and padding past the longest sentence."""
+    torch.manual_seed(0)
+    encoder = Encoder(30, 6, 5, num_layers, bidirectional, dropout=0.0, pad_id=0).to(dtype)
+    lengths = torch.tensor([4, 7, 1, 7, 3, 5])
+    src = torch.randint(1, 30, (6, 9))
+    src[torch.arange(9) >= lengths[:, None]] = 0
+    assert encoder._runs_by_hand(src)
+    probes = None
+    results = []
+    for reference in (False, True):
+        encoder.zero_grad()
+        out = encoder(src, lengths, reference=reference)
+        if probes is None:
+            probes = [torch.randn_like(tensor) for tensor in out]
+        sum((tensor * probe).sum() for tensor, probe in zip(out, probes)).backward()
+        results.append((out, {n: p.grad.clone() for n, p in encoder.named_parameters()}))
+    (by_hand, hand_grads), (module, module_grads) = results
+    for name, ours, theirs in zip(by_hand._fields, by_hand, module):
+        torch.testing.assert_close(ours, theirs, msg=name)
+    assert torch.all(by_hand.states[src == 0] == 0)
+    for name, grad in module_grads.items():
+        torch.testing.assert_close(hand_grads[name], grad, msg=name)
