@@ -73,3 +73,13 @@ def test_the_loss_of_an_int8_model_is_close_to_its_float_one():
     assert approximate.tokens == exact.tokens
     torch.testing.assert_close(approximate.loss, exact.loss, rtol=0.05, atol=0.05)
     torch.testing.assert_close(approximate.nll, exact.nll, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("vocab", [37, 8001])
+def test_correct_counts_rows_whose_gold_is_the_argmax(vocab):
+    vectors, weight, offset, _ = _inputs(vocab, bias=True, seed=1)
+    best = F.linear(vectors, weight, offset).argmax(-1)
+    rows = torch.arange(best.numel())
+    gold = torch.where(rows % 3 == 0, best, (best + 1 + rows % 5) % vocab)  # every third right
+    _, _, correct = linear_cross_entropy(vectors, weight, offset, gold, 0.0)
+    assert int(correct) == int((rows % 3 == 0).sum()) == 15
