@@ -93,9 +93,12 @@ class Encoder(nn.Module):
     def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
         """W_ih ``[D, 4H, E]``, b_ih + b_hh ``[D, 4H]``, W_hh ``[D, 4H, H]`` of one layer."""
         suffixes = ["", "_reverse"][:self.num_directions]
-        weight = lambda name: torch.stack(  # noqa: E731
-            [getattr(self.rnn, f"{name}_l{layer}{suffix}") for suffix in suffixes])
-        return weight("weight_ih"), weight("bias_ih") + weight("bias_hh"), weight("weight_hh")
+
+        def stacked(name: str) -> Tensor:
+            return torch.stack([getattr(self.rnn, f"{name}_l{layer}{suffix}")
+                                for suffix in suffixes])
+
+        return stacked("weight_ih"), stacked("bias_ih") + stacked("bias_hh"), stacked("weight_hh")
 
     def _last_layer(self, final: Tensor) -> Tensor:
         """[layers × directions, B, H] -> [B, directions × H] for the top layer."""

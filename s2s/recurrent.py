@@ -125,9 +125,10 @@ class _AttentiveLSTM(torch.autograd.Function):
         (inputs, activations, cells, sigmoids, weights, values, query_weight, energy_weight,
          recurrent_weight, initial_cell, context_masks) = ctx.saved_tensors
         steps, batch, gate_size = activations.shape
-        size, (sources, attention), context_size = gate_size // 4, sigmoids.shape[2:], values.size(2)
+        size, context_size = gate_size // 4, values.size(2)
+        sources, attention = sigmoids.shape[2:]
         zeros = inputs.new_zeros
-        grad_gates = zeros(steps, inputs.size(1), gate_size)       # ∂gates(t), padded rows 0
+        grad_gates = zeros(steps, inputs.size(1), gate_size)  # ∂gates(t), padded rows 0
         grad_projected = zeros(steps, inputs.size(1), attention)   # ∂(W₁s(t-1))
         grad_context = inputs.new_empty(steps, batch, context_size)  # ∂a(t)
         grad_keys, grad_energy_weight = zeros(batch, sources, attention), zeros(attention)
@@ -277,11 +278,11 @@ def packed_layout(lengths: Tensor, padded_length: int, device: torch.device) -> 
     final_rows[order] = starts[lengths[order] - 1] + torch.arange(order.numel())
     later = step > 0
     previous_rows = starts[step[later] - 1] + rank[later]
-    to_device = lambda index: index.to(device)  # noqa: E731
+    forward_index = sentence * padded_length + step
+    reverse_index = sentence * padded_length + lengths[sentence] - 1 - step
     return PackedLayout(sizes.tolist(), starts.tolist(),
-                        to_device(sentence * padded_length + step),
-                        to_device(sentence * padded_length + lengths[sentence] - 1 - step),
-                        to_device(final_rows), to_device(previous_rows))
+                        *(index.to(device) for index in (forward_index, reverse_index,
+                                                         final_rows, previous_rows)))
 
 
 class _PackedLSTM(torch.autograd.Function):
