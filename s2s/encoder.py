@@ -56,9 +56,8 @@ class Encoder(nn.Module):
         return EncoderOutput(self.dropout(states), final_hidden, final_cell)
 
     def _runs_by_hand(self, src: Tensor) -> bool:
-        # an int8 (dynamically quantized) LSTM has no float weights to hand over
-        return (src.device.type == "cpu" and torch.is_grad_enabled() and type(self.rnn) is nn.LSTM
-                and isinstance(getattr(self.rnn, "weight_hh_l0", None), Tensor))
+        # not an int8 (dynamically quantized) LSTM: it has no float weights to hand over
+        return src.device.type == "cpu" and torch.is_grad_enabled() and type(self.rnn) is nn.LSTM
 
     def _run_module(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,

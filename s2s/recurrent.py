@@ -50,8 +50,9 @@ def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Te
     if x.device.type != "cpu":
         return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
     rows = x.size(0)
-    if rows % 8:
-        x = torch.cat([x, x.new_zeros(8 - rows % 8, x.size(1))])
+    extra = padded_rows(rows, x.device) - rows
+    if extra:
+        x = torch.cat([x, x.new_zeros(extra, x.size(1))])
     product = (torch.mm(weight, x.t()) if bias is None
                else torch.addmm(bias.unsqueeze(1), weight, x.t()))
     return product.t()[:rows]
@@ -285,6 +286,11 @@ def packed_layout(lengths: Tensor, padded_length: int, device: torch.device) -> 
                                                          final_rows, previous_rows)))
 
 
+def _continuing_rows(layout: PackedLayout, t: int) -> slice:
+    """The packed rows of step t − 1 whose sentences go on to step t (t ≥ 1)."""
+    return slice(layout.offsets[t - 1], layout.offsets[t - 1] + layout.batch_sizes[t])
+
+
 class _PackedLSTM(torch.autograd.Function):
     """The recurrence of :func:`packed_lstm`, forward and backward through time by hand."""
 
@@ -302,7 +308,7 @@ class _PackedLSTM(torch.autograd.Function):
             if t == 0:
                 gates, previous_cell = input_gates[:, here], cells.new_zeros(directions, rows, size)
             else:
-                before = slice(layout.offsets[t - 1], layout.offsets[t - 1] + rows)
+                before = _continuing_rows(layout, t)
                 gates = torch.baddbmm(input_gates[:, here], states[:, before], recurrent_t)
                 previous_cell = cells[:, before]
             _lstm_cell(gates, previous_cell, activations_out=activations[:, here],
@@ -329,11 +335,8 @@ class _PackedLSTM(torch.autograd.Function):
                 grad_state = grad_state + grad_states[:, here]
             if grad_cells is not None:
                 grad_cell = grad_cell + grad_cells[:, here]
-            if t == 0:
-                previous_cell = cells.new_zeros(directions, rows, size)
-            else:
-                before = layout.offsets[t - 1]
-                previous_cell = cells[:, before:before + rows]
+            previous_cell = (cells.new_zeros(directions, rows, size) if t == 0
+                             else cells[:, _continuing_rows(layout, t)])
             grad_previous_cell = _lstm_cell_backward(grad_state, grad_cell, activations[:, here],
                                                      cells[:, here], previous_cell,
                                                      out=grad_gates[:, here])
