@@ -14,15 +14,29 @@ from typing import Callable, Optional, Sequence
 from s2s.errors import S2SError
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
+def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"expected a number of at least {lowest}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    return _int_at_least(text, 0)
+
+
+WORKERS_HELP = ("CPU: batches decoded at once, each in its own thread (default: "
+                "evaluation.workers of the checkpoint's config; 0 = one per torch thread, "
+                "at most 4)")
 
 
 def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[..., int]:
@@ -91,6 +105,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="beam size (default: evaluation.beam_size of the checkpoint's "
                              "config); 1 = greedy")
     parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--workers", type=non_negative_int, default=None, help=WORKERS_HELP)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--int8", action="store_true",
                         help="CPU only: int8 weights for linear layers and LSTMs (faster, "
@@ -138,6 +153,7 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
     from s2s.corpus import read_lines
     from s2s.data import read_split
     from s2s.inference import load_translator
+    from s2s.search import decoding_workers
 
     translator = load_translator(args.checkpoint, args.device, args.int8)
     if args.src:
@@ -155,13 +171,15 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
                            f"(data.{split}); use --src and --ref")
         sources, refs = text.src, text.tgt
     beam = args.beam or translator.config.evaluation.beam_size
+    workers = decoding_workers(translator.config.evaluation.workers if args.workers is None
+                               else args.workers, translator.device)
     start = time.perf_counter()
-    results = translator.translate_nbest(sources, beam, 1, args.batch_size)
+    results = translator.translate_nbest(sources, beam, 1, args.batch_size, workers=workers)
     seconds = time.perf_counter() - start
     hyps = [nbest[0][0] for nbest in results]
     tokens = sum(len(nbest[0][1].tokens) for nbest in results)
     return hyps, refs, {"seconds": seconds, "sentences_per_second": len(hyps) / seconds,
-                        "tokens_per_second": tokens / seconds, "beam": beam,
+                        "tokens_per_second": tokens / seconds, "beam": beam, "workers": workers,
                         "device": str(translator.device) + (" int8" if args.int8 else "")}
 
 
@@ -177,6 +195,7 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="print the K best translations per line as 'K-index<TAB>score<TAB>"
                              "text' (K lines per input line)")
     parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--workers", type=non_negative_int, default=None, help=WORKERS_HELP)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--int8", action="store_true",
                         help="CPU only: int8 weights for linear layers and LSTMs (faster, "
@@ -190,7 +209,8 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
     beam = max(args.beam or translator.config.evaluation.beam_size, args.nbest)
 
     def emit(lines: list[str]) -> None:
-        for nbest in translator.translate_nbest(lines, beam, args.nbest, args.batch_size):
+        for nbest in translator.translate_nbest(lines, beam, args.nbest, args.batch_size,
+                                                workers=args.workers):
             for rank, (text, hyp) in enumerate(nbest):
                 print(text if args.nbest == 1 else f"{rank}\t{hyp.score:.4f}\t{text}")
             for rank in range(len(nbest), args.nbest):  # keep K lines per input line

@@ -30,15 +30,17 @@ class Translator:
     device: torch.device
 
     def translate(self, sentences: Sequence[str], beam_size: int = 1,
-                  batch_size: int | None = None) -> list[str]:
+                  batch_size: int | None = None, workers: int | None = None) -> list[str]:
         """Detokenized best translations; an empty input line gives an empty output line."""
         return [nbest[0][0] for nbest in self.translate_nbest(sentences, beam_size, 1,
-                                                               batch_size)]
+                                                               batch_size, workers=workers)]
 
     def translate_nbest(self, sentences: Sequence[str], beam_size: int = 1, n_best: int = 1,
-                        batch_size: int | None = None,
-                        keep_attention: bool = False) -> list[list[tuple[str, Hypothesis]]]:
-        """For each sentence, ``n_best`` (text, hypothesis) pairs, best first."""
+                        batch_size: int | None = None, keep_attention: bool = False,
+                        workers: int | None = None) -> list[list[tuple[str, Hypothesis]]]:
+        """For each sentence, ``n_best`` (text, hypothesis) pairs, best first. ``batch_size``
+        and ``workers`` (see :func:`~s2s.search.search`) default to the config's
+        ``evaluation`` values."""
         ev = self.config.evaluation
         cleaned = [clean_input(s) for s in sentences]
         wanted = [i for i, text in enumerate(cleaned) if text]  # empty lines are not searched
@@ -46,7 +48,8 @@ class Translator:
         results = search(self.model, sources, batch_size or ev.batch_size,
                          ev.max_output_length, ev.max_output_ratio,
                          self.device, beam_size=max(beam_size, n_best), alpha=ev.length_penalty,
-                         n_best=n_best, keep_attention=keep_attention)
+                         n_best=n_best, keep_attention=keep_attention,
+                         workers=ev.workers if workers is None else workers)
         out: list[list[tuple[str, Hypothesis]]] = [[("", Hypothesis([], 0.0, 0.0))]
                                                    for _ in sentences]
         for i, hyps in zip(wanted, results):

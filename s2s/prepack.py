@@ -135,8 +135,8 @@ def prepack_for_cpu(model: Seq2Seq) -> Seq2Seq:
             continue  # already swapped
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and child.out_features > 1:
-                setattr(parent, name, PrepackedLinear(child))
+                setattr(parent, name, PrepackedLinear(child).train(child.training))
     decoder = model.decoder
     if isinstance(decoder.rnn, nn.LSTM):
-        decoder.rnn = PrepackedLSTM(decoder.rnn)
+        decoder.rnn = PrepackedLSTM(decoder.rnn).train(decoder.rnn.training)
     return model

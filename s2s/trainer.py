@@ -286,7 +286,8 @@ class Trainer:
             tokens += out.tokens
         ev = self.config.evaluation
         hyp_ids = translate_ids(self.model, split.src_ids, self.config.data.valid_batch_size,
-                                ev.max_output_length, ev.max_output_ratio, self.device)
+                                ev.max_output_length, ev.max_output_ratio, self.device,
+                                workers=ev.workers)
         hyps = [self.data.tokenizers.tgt.decode(ids) for ids in hyp_ids]
         refs = split.references
         self.model.train()

@@ -194,6 +194,8 @@ def test_prepacked_model_steps_like_the_plain_one(name):
     prepack_for_cpu(packed)
     assert isinstance(packed.decoder.output, PrepackedLinear)
     assert isinstance(packed.decoder.rnn, PrepackedLSTM)
+    # the swapped-in modules keep the model's mode, so they serve steps called directly
+    assert not any(module.training for module in packed.modules())
     src = torch.randint(4, 20, (3, 6))
     lengths = torch.tensor([6, 4, 2])
     src[1, 4:] = 0

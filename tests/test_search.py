@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 import torch
@@ -158,3 +159,50 @@ def test_stopping_when_unbeatable_changes_no_result(monkeypatch, alpha, n_best):
     assert pruned.rows <= exhaustive.rows
     if alpha == 0.0 or n_best == 1:  # here the bound is tight enough to stop some early
         assert pruned.rows < exhaustive.rows
+
+
+MANY_SOURCES = [[4 + (i * 7 + j * 3) % 16 for j in range(1 + i % 9)] for i in range(23)]
+
+
+@pytest.mark.parametrize("beam_size, n_best", [(1, 1), (3, 2)])
+def test_batches_in_worker_threads_give_the_same_hypotheses(beam_size, n_best):
+    model = tiny_model("bahdanau", seed=13).eval()
+    threads = torch.get_num_threads()
+    kwargs = dict(batch_size=4, max_output_length=8, max_output_ratio=2.0, beam_size=beam_size,
+                  n_best=n_best, keep_attention=True)
+    alone = search(model, MANY_SOURCES, workers=1, **kwargs)
+    encode, decoding_threads = model.encode, set()
+
+    def encode_and_note_the_thread(*args, **options):
+        decoding_threads.add(threading.get_ident())
+        return encode(*args, **options)
+
+    model.encode = encode_and_note_the_thread
+    together = search(model, MANY_SOURCES, workers=3, **kwargs)
+    assert len(decoding_threads) > 1 and threading.get_ident() not in decoding_threads
+    assert torch.get_num_threads() == threads  # the workers' share does not leak out
+    for a_hyps, b_hyps in zip(alone, together):
+        assert [h.tokens for h in a_hyps] == [h.tokens for h in b_hyps]
+        for a, b in zip(a_hyps, b_hyps):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+            torch.testing.assert_close(a.attention, b.attention)
+
+
+def test_a_failing_batch_in_a_worker_fails_the_search_and_restores_the_mode():
+    model = tiny_model("general", seed=2).train()
+    threads = torch.get_num_threads()
+    bad = MANY_SOURCES[:10] + [[999]]  # an id past the vocabulary
+    with pytest.raises(IndexError):
+        search(model, bad, batch_size=2, max_output_length=5, max_output_ratio=2.0, workers=2)
+    assert model.training and torch.get_num_threads() == threads
+
+
+def test_auto_workers_follow_the_threads_on_the_cpu_only(monkeypatch):
+    from s2s.search import MAX_AUTO_WORKERS, decoding_workers
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert decoding_workers(0, "cpu") == 2
+    assert decoding_workers(3, "cpu") == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    assert decoding_workers(0, "cpu") == MAX_AUTO_WORKERS
+    assert decoding_workers(0, "cuda") == decoding_workers(2, "cuda") == 1
