@@ -197,11 +197,18 @@ class BahdanauAttention(Attention):
         """wᵀ tanh(W₁s + W₂h) ``[B, T, S]`` from W₁s ``[B, T, A]`` and W₂h ``[B, S, A]``."""
         if not torch.is_grad_enabled() and keys.device.type == "cpu":
             # decoding: wᵀtanh(z) = 2·wᵀσ(2z) − Σw, three passes over [B, T, S, A]
-            # (sum, sigmoid, product with w) instead of six
-            doubled = torch.add((2.0 * projected).unsqueeze(2), keys.unsqueeze(1), alpha=2.0)
-            energies = self.energy(doubled.sigmoid_()).squeeze(-1)
+            # (sum, sigmoid, product with w) instead of six; one query row (beam) at a time,
+            # so the temporary stays [B, 1, S, A]
+            rows = [self._decoding_energies(projected[:, t:t + 1], keys)
+                    for t in range(projected.size(1))]
+            energies = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
             return energies.mul_(2.0).sub_(self.energy(keys.new_ones(1, keys.size(-1))))  # Σw
         return _AdditiveEnergies.apply(keys, projected, self.energy.weight.view(-1))
+
+    def _decoding_energies(self, projected: Tensor, keys: Tensor) -> Tensor:
+        """wᵀσ(2(W₁s + W₂h)) ``[B, T, S]`` from W₁s ``[B, T, A]``, W₂h ``[B, S, A]``."""
+        doubled = torch.add((2.0 * projected).unsqueeze(2), keys.unsqueeze(1), alpha=2.0)
+        return self.energy(doubled.sigmoid_()).squeeze(-1)
 
 
 @register("location")

@@ -35,8 +35,8 @@ def non_negative_int(text: str) -> int:
 
 
 WORKERS_HELP = ("CPU: batches decoded at once, each in its own thread (default: "
-                "evaluation.workers of the checkpoint's config; 0 = one per torch thread, "
-                "at most 4)")
+                "evaluation.workers of the checkpoint's config; 0 = for greedy search one per "
+                "torch thread, at most 4, for beam search 1)")
 
 
 def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[..., int]:
@@ -172,7 +172,7 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
         sources, refs = text.src, text.tgt
     beam = args.beam or translator.config.evaluation.beam_size
     workers = decoding_workers(translator.config.evaluation.workers if args.workers is None
-                               else args.workers, translator.device)
+                               else args.workers, translator.device, beam)
     start = time.perf_counter()
     results = translator.translate_nbest(sources, beam, 1, args.batch_size, workers=workers)
     seconds = time.perf_counter() - start

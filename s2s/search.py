@@ -217,12 +217,20 @@ def _hypothesis(tokens: list[int], log_prob: float, alpha: float, attention: Opt
 MAX_AUTO_WORKERS = 4  # Python threads share one interpreter lock; more rarely pays
 
 
-def decoding_workers(requested: int, device: torch.device | str) -> int:
+def decoding_workers(requested: int, device: torch.device | str, beam_size: int = 1) -> int:
     """How many batches :func:`search` decodes at once: ``requested``, or for 0 ("auto") one
-    per torch thread on the CPU (at most :data:`MAX_AUTO_WORKERS`); always 1 on a GPU."""
+    per torch thread for greedy search on the CPU (at most :data:`MAX_AUTO_WORKERS`); always 1
+    on a GPU.
+
+    Auto leaves beam search at one batch at a time: its products (beams × sentences rows)
+    already keep both cores busy (1 → 2 threads: 1.9× for beam 5, 1.5× for greedy), so a
+    second batch in flight bought ≈ 1.1× for ≈ 15% more peak memory (docs/benchmarks.md).
+    """
     if torch.device(device).type != "cpu":
         return 1
-    return requested or min(torch.get_num_threads(), MAX_AUTO_WORKERS)
+    if requested:
+        return requested
+    return min(torch.get_num_threads(), MAX_AUTO_WORKERS) if beam_size == 1 else 1
 
 
 @torch.no_grad()
@@ -234,16 +242,16 @@ def search(model: Seq2Seq, sources: Sequence[Sequence[int]], batch_size: int,
     asked for), batched by length and returned in input order.
 
     ``workers`` > 1 (CPU only; 0 = :func:`decoding_workers`' choice): that many batches are
-    decoded at once, each in its own thread with its share of torch's threads. On small
-    decoding products one thread per batch beats two threads per product, and one batch's
-    element-wise work and Python bookkeeping overlap the other's products (greedy 1.28×,
-    beam 5 1.12× on 2 cores; docs/benchmarks.md). The hypotheses are the same; scores agree
-    to float rounding.
+    decoded at once, each in its own thread with its share of torch's threads. On greedy
+    search's small products one thread per batch beats two threads per product, and one
+    batch's element-wise work and Python bookkeeping overlap the other's products (1.28× on
+    2 cores; docs/benchmarks.md). The hypotheses are the same; scores agree to float
+    rounding.
     """
     was_training = model.training
     model.eval()
     batches = sentence_batches([len(s) for s in sources], batch_size)
-    workers = min(decoding_workers(workers, device), len(batches))
+    workers = min(decoding_workers(workers, device, max(beam_size, n_best)), len(batches))
 
     def decode(indices: list[int]) -> list[list[Hypothesis]]:
         batch = collate([sources[i] for i in indices], None, indices).to(device)

@@ -20,7 +20,9 @@ Measured, each in its own process under ``/usr/bin/time -v`` (peak RSS):
 * greedy and beam-5 decoding of test_2016_flickr (1000 sentences) with each toolkit's final
   checkpoint: batches of 64 sentences, at most 100 output tokens, no length penalty; time as
   the toolkit's own timer reports it (model loading excluded), BLEU with sacrebleu; s2s also
-  with ``--int8`` (dynamic int8 weights).
+  with ``--int8`` (dynamic int8 weights). s2s decodes with its default ``evaluation.workers``
+  (on 2 cores greedy search runs two batches at once, one torch thread each; beam search one
+  batch at a time), the peers with their defaults.
 
 Prints one markdown table with the s2s/peer ratios; ``--json`` writes every figure.
 """
@@ -103,7 +105,8 @@ def s2s_decode(checkpoint: str, data: Path, runs: Path, beam: int, int8: bool = 
                 runs / f"s2s_decode_{tag}.log")
     scores = json.loads(run["last_line"])
     return {"sent_per_s": scores["sentences_per_second"], "out_tok_s": scores["tokens_per_second"],
-            "bleu": scores["bleu"], "peak_rss_mib": run["peak_rss_mib"]}
+            "bleu": scores["bleu"], "peak_rss_mib": run["peak_rss_mib"],
+            "workers": scores.get("workers", 1)}
 
 
 # ---------------------------------------------------------------------------------- peers

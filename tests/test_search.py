@@ -202,7 +202,8 @@ def test_auto_workers_follow_the_threads_on_the_cpu_only(monkeypatch):
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert decoding_workers(0, "cpu") == 2
-    assert decoding_workers(3, "cpu") == 3
+    assert decoding_workers(0, "cpu", beam_size=5) == 1  # beam's products use the threads
+    assert decoding_workers(3, "cpu") == decoding_workers(3, "cpu", beam_size=5) == 3
     monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
     assert decoding_workers(0, "cpu") == MAX_AUTO_WORKERS
     assert decoding_workers(0, "cuda") == decoding_workers(2, "cuda") == 1

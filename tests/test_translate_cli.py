@@ -41,6 +41,7 @@ def test_evaluate_toy_test_split_greedy_and_beam(lonely_checkpoint):
         scores = json.loads(result.stdout)
         assert scores["bleu"] >= 99.0 and scores["sentences"] == 500
         assert scores["beam"] == int(beam) and scores["sentences_per_second"] > 0
+        assert scores["workers"] >= 1
     result = run(ROOT / "evaluate.py", "--checkpoint", lonely_checkpoint, "--output", "hyps.txt",
                  "--beam", "2", cwd=cwd)
     assert result.returncode == 0, result.stderr
@@ -119,3 +120,16 @@ def test_int8_refuses_cuda(lonely_checkpoint):
                  "--int8", "--device", "cuda", cwd=lonely_checkpoint.parent, stdin="a\n")
     assert result.returncode != 0
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_bench_decode_compares_worker_counts_on_the_same_hypotheses(lonely_checkpoint, tmp_path):
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lines = [" ".join(letters[(7 * i + j) % 26] for j in range(2 + i % 9)) for i in range(150)]
+    src = tmp_path / "src.txt"
+    src.write_text("\n".join(lines) + "\n")
+    result = run(ROOT / "scripts" / "bench_decode.py", "--checkpoint", lonely_checkpoint,
+                 "--src", src, "--beam", "1", "3", "--workers", "1", "2", "--rounds", "1",
+                 "--batch-size", "16", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("same hypotheses under every setting: True") == 2
+    assert "beam 3, workers 2: median" in result.stdout
