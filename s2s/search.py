@@ -244,7 +244,7 @@ def search(model: Seq2Seq, sources: Sequence[Sequence[int]], batch_size: int,
     ``workers`` > 1 (CPU only; 0 = :func:`decoding_workers`' choice): that many batches are
     decoded at once, each in its own thread with its share of torch's threads. On greedy
     search's small products one thread per batch beats two threads per product, and one
-    batch's element-wise work and Python bookkeeping overlap the other's products (1.28× on
+    batch's element-wise work and Python bookkeeping overlap the other's products (1.17–1.28× on
     2 cores; docs/benchmarks.md). The hypotheses are the same; scores agree to float
     rounding.
     """
