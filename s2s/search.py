@@ -214,7 +214,7 @@ def _hypothesis(tokens: list[int], log_prob: float, alpha: float, attention: Opt
                       attention[:length].cpu() if attention is not None else None)
 
 
-MAX_AUTO_WORKERS = 4  # Python threads share one interpreter lock; more rarely pays
+MAX_AUTO_WORKERS = 4  # a cap, not a measurement (2 cores only so far): the threads share the GIL
 
 
 def decoding_workers(requested: int, device: torch.device | str, beam_size: int = 1) -> int:
