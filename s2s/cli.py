@@ -150,11 +150,13 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
+    from s2s.allocator import configure_decoding_process
     from s2s.corpus import read_lines
     from s2s.data import read_split
     from s2s.inference import load_translator
     from s2s.search import decoding_workers
 
+    configure_decoding_process()
     translator = load_translator(args.checkpoint, args.device, args.int8)
     if args.src:
         if not args.ref:
@@ -172,7 +174,7 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
         sources, refs = text.src, text.tgt
     beam = args.beam or translator.config.evaluation.beam_size
     workers = decoding_workers(translator.config.evaluation.workers if args.workers is None
-                               else args.workers, translator.device, beam)
+                               else args.workers, translator.device)
     start = time.perf_counter()
     results = translator.translate_nbest(sources, beam, 1, args.batch_size, workers=workers)
     seconds = time.perf_counter() - start
@@ -202,9 +204,11 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
                              "BLEU within about 0.1)")
     args = parser.parse_args(argv)
 
+    from s2s.allocator import configure_decoding_process
     from s2s.corpus import read_lines
     from s2s.inference import load_translator
 
+    configure_decoding_process()
     translator = load_translator(args.checkpoint, args.device, args.int8)
     beam = max(args.beam or translator.config.evaluation.beam_size, args.nbest)
 

@@ -167,7 +167,7 @@ class EvaluationConfig:
     max_output_length: int = _num(100, 1)
     max_output_ratio: float = _num(2.0, 0.0, lo_open=True)
     workers: int = _num(0, 0, doc="CPU: batches decoded at once, each in its own thread; "
-                                  "0 = greedy: one per torch thread (at most 4), beam: 1")
+                                  "0 = one per torch thread (at most 4)")
 
 
 @dataclass

@@ -50,7 +50,12 @@ class Seq2Seq(nn.Module):
         """One decoding step for search: log-probabilities ``[B, V]``, new state, α ``[B, S]``
         (B rows; see :meth:`Decoder.step` for ``rows_per_sentence``)."""
         vector, state, weights = self.decoder.step(prev_tokens, state, memory, rows_per_sentence)
-        return torch.log_softmax(self.decoder.project(vector).float(), dim=-1), state, weights
+        logits = self.decoder.project(vector).float()
+        if logits.device.type == "cpu" and not torch.is_grad_enabled():
+            # over its own fresh logits: one [B, V] block less per step (each row is read
+            # whole before it is written)
+            return torch.log_softmax(logits, dim=-1, out=logits), state, weights
+        return torch.log_softmax(logits, dim=-1), state, weights
 
     def forward(self, batch: Batch, teacher_forcing_ratio: float = 1.0,
                 label_smoothing: float = 0.0, force_loop: bool = False) -> LossOutput:

@@ -145,15 +145,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
         batch, width = beam_scores.shape
         offsets = (torch.arange(batch, device=device) * width).unsqueeze(1)
         log_probs, state, alpha_t = model.step(prev, state, memory, rows_per_sentence=width)
-        vocab = log_probs.size(-1)
-        # in place: log_probs is this step's own [rows, V] tensor, the largest of the step
-        candidates = _forbid_specials(log_probs, special).add_(beam_scores.view(-1, 1))
-        candidates = candidates.view(batch, -1)
-        if candidates.size(1) < 2 * beams:  # a tiny vocabulary at the first step
-            candidates = torch.nn.functional.pad(candidates, (0, 2 * beams - candidates.size(1)),
-                                                 value=float("-inf"))
-        top_scores, top_ids = candidates.topk(2 * beams, dim=-1)  # [B, 2K]
-        origin, tokens = (top_ids // vocab).clamp(max=width - 1), top_ids % vocab
+        top_scores, origin, tokens = top_extensions(_forbid_specials(log_probs, special),
+                                                    beam_scores, 2 * beams)  # [B, 2K] each
         is_eos = tokens == special.eos
         if keep_attention:
             attention = torch.cat([attention, alpha_t.unsqueeze(1)], dim=1)
@@ -196,6 +189,61 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
 
 
+EXTENSION_BLOCK = 32  # vocabulary columns per block in top_extensions' first pass
+
+
+def top_extensions(log_probs: Tensor, beam_scores: Tensor, k: int) -> tuple[Tensor, Tensor,
+                                                                              Tensor]:
+    """The ``k`` best extensions of each sentence's beams, best first: their scores
+    (beam score + token log-probability), beams (row within the sentence) and tokens, each
+    ``[B, k]``, from ``log_probs [B·W, V]`` and ``beam_scores [B, W]``.
+
+    The same as ``topk`` over the ``[B, W·V]`` sums (up to the order of exactly equal scores),
+    without forming them or sorting all of them: the vocabulary is cut into blocks of
+    :data:`EXTENSION_BLOCK` columns, and a block's best extension is its largest log-probability
+    plus its beam's score. Every one of the k best extensions lies in one of the k blocks whose
+    best is highest (a block outside them is beaten by k blocks' bests, so are its entries),
+    so one pass takes the blocks' maxima and ``topk`` then looks only at those k blocks.
+    Where there are too few blocks for this to pay (a tiny vocabulary), plain ``topk``.
+    """
+    batch, width = beam_scores.shape
+    vocab = log_probs.size(-1)
+    block = EXTENSION_BLOCK
+    blocks = -(-vocab // block)  # per row, the last one maybe partial
+    if width * blocks < 4 * k:
+        return _top_extensions_plain(log_probs, beam_scores, k)
+    whole = vocab // block * block
+    maxima = log_probs[:, :whole].view(-1, vocab // block, block).amax(dim=-1)  # [B·W, blocks]
+    if whole < vocab:
+        maxima = torch.cat([maxima, log_probs[:, whole:].amax(dim=-1, keepdim=True)], dim=1)
+    bests = (maxima + beam_scores.view(-1, 1)).view(batch, width * blocks)
+    chosen = bests.topk(k, dim=-1).indices                                     # [B, k]
+    device = log_probs.device
+    first_row = (torch.arange(batch, device=device) * width).unsqueeze(1)
+    rows = chosen // blocks + first_row                                         # [B, k]
+    columns = ((chosen % blocks) * block).unsqueeze(-1) + torch.arange(block, device=device)
+    inside = columns < vocab                                                    # [B, k, block]
+    entries = log_probs[rows.unsqueeze(-1), columns.clamp(max=vocab - 1)]
+    entries = entries.masked_fill_(~inside, float("-inf"))
+    entries += beam_scores.view(-1)[rows].unsqueeze(-1)
+    scores, picked = entries.view(batch, -1).topk(k, dim=-1)                   # [B, k]
+    beams = rows.gather(1, picked // block) - first_row
+    return scores, beams, columns.view(batch, -1).gather(1, picked)
+
+
+def _top_extensions_plain(log_probs: Tensor, beam_scores: Tensor, k: int) -> tuple[Tensor,
+                                                                                   Tensor, Tensor]:
+    """:func:`top_extensions` by ``topk`` over all ``[B, W·V]`` sums (adds to log_probs in
+    place)."""
+    batch, width = beam_scores.shape
+    vocab = log_probs.size(-1)
+    sums = log_probs.add_(beam_scores.view(-1, 1)).view(batch, -1)
+    if sums.size(1) < k:  # a tiny vocabulary at the first step
+        sums = torch.nn.functional.pad(sums, (0, k - sums.size(1)), value=float("-inf"))
+    scores, ids = sums.topk(k, dim=-1)
+    return scores, (ids // vocab).clamp(max=width - 1), ids % vocab
+
+
 def _best_reachable(log_probs: Tensor, length: int, limits: Tensor, alpha: float) -> Tensor:
     """Upper bound ``[B]`` on the final score of live beams with summed ``log_probs [B]`` (≤ 0)
     and ``length`` tokens: more tokens only lower the sum, and the penalty can at most reach its
@@ -217,20 +265,20 @@ def _hypothesis(tokens: list[int], log_prob: float, alpha: float, attention: Opt
 MAX_AUTO_WORKERS = 4  # a cap, not a measurement (2 cores only so far): the threads share the GIL
 
 
-def decoding_workers(requested: int, device: torch.device | str, beam_size: int = 1) -> int:
+def decoding_workers(requested: int, device: torch.device | str) -> int:
     """How many batches :func:`search` decodes at once: ``requested``, or for 0 ("auto") one
-    per torch thread for greedy search on the CPU (at most :data:`MAX_AUTO_WORKERS`); always 1
-    on a GPU.
+    per torch thread on the CPU (at most :data:`MAX_AUTO_WORKERS`); always 1 on a GPU.
 
-    Auto leaves beam search at one batch at a time: its products (beams × sentences rows)
-    already keep both cores busy (1 → 2 threads: 1.9× for beam 5, 1.5× for greedy), so a
-    second batch in flight bought ≈ 1.1× for ≈ 15% more peak memory (docs/benchmarks.md).
+    On 2 cores two workers decode greedy search 1.17–1.28× and beam 5 ≈ 1.2× faster than one
+    batch on both threads. Their extra peak memory is ≈ 20 MB in a process set up by
+    :func:`s2s.allocator.configure_decoding_process` (evaluate.py and translate.py are),
+    ≈ 60–110 MB otherwise (docs/benchmarks.md).
     """
     if torch.device(device).type != "cpu":
         return 1
     if requested:
         return requested
-    return min(torch.get_num_threads(), MAX_AUTO_WORKERS) if beam_size == 1 else 1
+    return min(torch.get_num_threads(), MAX_AUTO_WORKERS)
 
 
 @torch.no_grad()
@@ -251,7 +299,7 @@ def search(model: Seq2Seq, sources: Sequence[Sequence[int]], batch_size: int,
     was_training = model.training
     model.eval()
     batches = sentence_batches([len(s) for s in sources], batch_size)
-    workers = min(decoding_workers(workers, device, max(beam_size, n_best)), len(batches))
+    workers = min(decoding_workers(workers, device), len(batches))
 
     def decode(indices: list[int]) -> list[list[Hypothesis]]:
         batch = collate([sources[i] for i in indices], None, indices).to(device)

@@ -21,8 +21,7 @@ Measured, each in its own process under ``/usr/bin/time -v`` (peak RSS):
   checkpoint: batches of 64 sentences, at most 100 output tokens, no length penalty; time as
   the toolkit's own timer reports it (model loading excluded), BLEU with sacrebleu; s2s also
   with ``--int8`` (dynamic int8 weights). s2s decodes with its default ``evaluation.workers``
-  (on 2 cores greedy search runs two batches at once, one torch thread each; beam search one
-  batch at a time), the peers with their defaults.
+  (on 2 cores two batches at once, one torch thread each), the peers with their defaults.
 
 Prints one markdown table with the s2s/peer ratios; ``--json`` writes every figure.
 """

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from s2s.allocator import configure_decoding_process  # noqa: E402
 from s2s.cli import non_negative_int, positive_int, reports_errors  # noqa: E402
 from s2s.corpus import read_lines  # noqa: E402
 from s2s.inference import Translator, load_translator  # noqa: E402
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--int8", action="store_true")
     args = parser.parse_args(argv)
+    configure_decoding_process()  # as evaluate.py and translate.py do
     translator = load_translator(args.checkpoint, "cpu", args.int8)
     sources = read_lines(args.src)
     print(f"{len(sources)} sentences, batches of {args.batch_size}, "

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from s2s.batching import collate
-from s2s.search import beam_search, greedy_search, length_penalty, search
+from s2s.search import (_top_extensions_plain, beam_search, greedy_search, length_penalty,
+                        search, top_extensions)
 from s2s.tokenizer import SPECIAL
 from tests.conftest import ATTENTION_NAMES, tiny_model
 
@@ -202,8 +203,49 @@ def test_auto_workers_follow_the_threads_on_the_cpu_only(monkeypatch):
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert decoding_workers(0, "cpu") == 2
-    assert decoding_workers(0, "cpu", beam_size=5) == 1  # beam's products use the threads
-    assert decoding_workers(3, "cpu") == decoding_workers(3, "cpu", beam_size=5) == 3
+    assert decoding_workers(3, "cpu") == 3
     monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
     assert decoding_workers(0, "cpu") == MAX_AUTO_WORKERS
     assert decoding_workers(0, "cuda") == decoding_workers(2, "cuda") == 1
+
+
+@pytest.mark.parametrize("vocab, width", [(1000, 5), (1001, 5), (1001, 1), (37, 5)])
+def test_top_extensions_equal_topk_over_all_sums(vocab, width):
+    """Blocks of the vocabulary (the last one partial at V = 1001; plain topk at V = 37)."""
+    gen = torch.Generator().manual_seed(vocab + width)
+    batch, k = 7, 10
+    log_probs = torch.log_softmax(torch.randn(batch * width, vocab, generator=gen) * 3, dim=-1)
+    log_probs[:, [SPECIAL.pad, SPECIAL.bos]] = float("-inf")
+    log_probs[3 * width:4 * width, 40:] = float("-inf")  # a sentence with few finite entries
+    beam_scores = -torch.rand(batch, width, generator=gen).cumsum(1) * 5
+    sums = (log_probs + beam_scores.view(-1, 1)).view(batch, -1)
+    expected_scores, ids = sums.topk(k, dim=-1)
+    scores, beams, tokens = top_extensions(log_probs.clone(), beam_scores, k)
+    assert torch.equal(scores, expected_scores)
+    finite = torch.isfinite(expected_scores)
+    assert torch.equal(beams[finite], (ids // vocab)[finite])
+    assert torch.equal(tokens[finite], (ids % vocab)[finite])
+    assert torch.equal(scores[finite], log_probs[beams + torch.arange(batch)[:, None] * width,
+                                                 tokens][finite] + beam_scores.gather(1, beams)[finite])
+
+
+@pytest.mark.parametrize("n_best", [1, 2])
+def test_beam_search_by_vocabulary_blocks_equals_plain_topk(monkeypatch, n_best):
+    import s2s.search as search_module
+    model = tiny_model("bahdanau", seed=17).eval()
+    src, lengths = encode(MANY_SOURCES)
+    limits = torch.full((len(MANY_SOURCES),), 8)
+    monkeypatch.setattr(search_module, "EXTENSION_BLOCK", 2)  # 10 blocks of the 20 tokens
+    calls = []
+    blocked = search_module.top_extensions
+    monkeypatch.setattr(search_module, "top_extensions",
+                        lambda *args: calls.append(1) or blocked(*args))
+    monkeypatch.setattr(search_module, "_top_extensions_plain",
+                        lambda *args: calls.append(0) or _top_extensions_plain(*args))
+    by_blocks = beam_search(model, src, lengths, limits, 3, 0.0, n_best)
+    assert 1 in calls and calls.count(0) < calls.count(1)  # blocks after the first step
+    monkeypatch.setattr(search_module, "top_extensions", _top_extensions_plain)
+    plain = beam_search(model, src, lengths, limits, 3, 0.0, n_best)
+    for field in ("tokens", "score"):
+        assert [[getattr(h, field) for h in hyps] for hyps in by_blocks] == \
+            [[getattr(h, field) for h in hyps] for hyps in plain]
