@@ -1,6 +1,6 @@
 """Process-wide memory settings: large freed blocks kept for reuse when training
-(:func:`reuse_large_blocks`), one malloc arena and a small oneDNN primitive cache when
-decoding (:func:`configure_decoding_process`). The malloc settings need glibc (Linux);
+(:func:`reuse_large_blocks`), one malloc arena and small caches of prepared products (oneDNN,
+ideep) when decoding (:func:`configure_decoding_process`). The malloc settings need glibc (Linux);
 elsewhere they do nothing.
 
 glibc's malloc serves every block above a threshold (at most 32 MiB by default) with a fresh

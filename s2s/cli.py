@@ -9,9 +9,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from s2s.errors import S2SError
+
+if TYPE_CHECKING:
+    from s2s.inference import Translator
 
 
 def _int_at_least(text: str, lowest: int) -> int:
@@ -35,8 +38,8 @@ def non_negative_int(text: str) -> int:
 
 
 WORKERS_HELP = ("CPU: batches decoded at once, each in its own thread (default: "
-                "evaluation.workers of the checkpoint's config; 0 = for greedy search one per "
-                "torch thread, at most 4, for beam search 1)")
+                "evaluation.workers of the checkpoint's config; 0 = one per torch thread, "
+                "at most 4)")
 
 
 def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[..., int]:
@@ -149,15 +152,22 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
+def _load_for_decoding(args: argparse.Namespace) -> Translator:
+    """The process set up for decoding (:func:`~s2s.allocator.configure_decoding_process`,
+    before anything runs on oneDNN), then ``--checkpoint`` loaded for ``--device``/``--int8``."""
     from s2s.allocator import configure_decoding_process
-    from s2s.corpus import read_lines
-    from s2s.data import read_split
     from s2s.inference import load_translator
-    from s2s.search import decoding_workers
 
     configure_decoding_process()
-    translator = load_translator(args.checkpoint, args.device, args.int8)
+    return load_translator(args.checkpoint, args.device, args.int8)
+
+
+def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
+    from s2s.corpus import read_lines
+    from s2s.data import read_split
+    from s2s.search import decoding_workers
+
+    translator = _load_for_decoding(args)
     if args.src:
         if not args.ref:
             raise S2SError("--src needs --ref: the references to score against")
@@ -204,12 +214,9 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
                              "BLEU within about 0.1)")
     args = parser.parse_args(argv)
 
-    from s2s.allocator import configure_decoding_process
     from s2s.corpus import read_lines
-    from s2s.inference import load_translator
 
-    configure_decoding_process()
-    translator = load_translator(args.checkpoint, args.device, args.int8)
+    translator = _load_for_decoding(args)
     beam = max(args.beam or translator.config.evaluation.beam_size, args.nbest)
 
     def emit(lines: list[str]) -> None:
