@@ -11,6 +11,9 @@ The contract every module follows (shapes use B = batch, T = query steps, S = so
   on padded positions.
 * ``uses_previous_state``: True when the score uses s(t-1) and the context is fed into the
   LSTM input (Bahdanau); False when it uses s(t), computed after the LSTM step (Luong).
+* ``context_is_weighted_values``: True when the context is ``weights @ values`` (the base
+  class's ``forward``), so linear maps of it can be applied to the values once per batch
+  instead (``s2s.prepack.ContextFolding``); a subclass whose ``forward`` does more sets False.
 
 A new score function is one subclass plus ``@register("name")``.
 """
@@ -117,6 +120,7 @@ class Attention(nn.Module):
     """Base class; see the module docstring for the contract."""
 
     uses_previous_state: bool = False
+    context_is_weighted_values: bool = True
 
     def __init__(self, query_size: int, key_size: int, **_: int) -> None:
         super().__init__()
@@ -251,6 +255,8 @@ class MultiHeadAttention(Attention):
     context = [head₁; …; head_k] W^O, of size d. Keys and values are projected once per batch.
     The returned weights are the mean over heads (still summing to 1) for plotting.
     """
+
+    context_is_weighted_values = False  # the heads' weights differ, and W^O follows
 
     def __init__(self, query_size: int, key_size: int, num_heads: int = 1, **_: int) -> None:
         super().__init__(query_size, key_size)

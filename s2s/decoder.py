@@ -18,7 +18,7 @@ target at once and attends for all steps in one batched product — no Python lo
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,9 @@ from s2s.attention import Attention, BahdanauAttention
 from s2s.dropout import Dropout
 from s2s.encoder import EncoderOutput
 from s2s.recurrent import AttentiveLSTMOutput, attentive_lstm
+
+if TYPE_CHECKING:
+    from s2s.prepack import ContextFolding
 
 
 class Memory(NamedTuple):
@@ -39,7 +42,15 @@ class Memory(NamedTuple):
 
     def select(self, index: Tensor) -> "Memory":
         """Rows ``index [B']`` of the batch (beam expansion and reordering)."""
-        return Memory(*(t.index_select(0, index) for t in self))
+        return type(self)(*(t.index_select(0, index) for t in self))
+
+
+class FoldedMemory(Memory):
+    """A :class:`Memory` whose ``values`` are the encoder states already multiplied by the
+    weights that take the context in (``[B, S, *]``, see :class:`s2s.prepack.ContextFolding`):
+    attending to them gives those products of a(t) directly. Only search builds one."""
+
+    __slots__ = ()
 
 
 class DecoderState(NamedTuple):
@@ -86,6 +97,8 @@ class Decoder(nn.Module):
         if init == "bridge":
             self.bridge_hidden = nn.Linear(encoder_size, hidden_size)
             self.bridge_cell = nn.Linear(encoder_size, hidden_size)
+        # set by s2s.prepack for decoding on the CPU (a plain attribute, not a submodule)
+        self.folding: Optional[ContextFolding] = None
 
     # ------------------------------------------------------------------------------- setup
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
@@ -104,10 +117,19 @@ class Decoder(nn.Module):
                             cell.unsqueeze(0).repeat(self.num_layers, 1, 1).contiguous(),
                             encoded.states.new_zeros(batch, feed_size))
 
-    def memory(self, encoded: EncoderOutput, src_mask: Tensor) -> Memory:
-        """Run the attention's once-per-batch precomputation over the encoder states."""
+    def memory(self, encoded: EncoderOutput, src_mask: Tensor,
+               rows_per_sentence: int = 1) -> Memory:
+        """Run the attention's once-per-batch precomputation over the encoder states.
+
+        ``rows_per_sentence``: how many decoder rows will attend to each sentence (the beam
+        size in beam search). With several, a prepacked model folds the context's products
+        into the memory (:class:`s2s.prepack.ContextFolding`); with one that would cost about
+        what it saves.
+        """
         keys, values = self.attention.precompute(encoded.states, encoded.states)
-        return Memory(keys, values, src_mask)
+        memory = Memory(keys, values, src_mask)
+        folding = self.folding if rows_per_sentence > 1 and not self.training else None
+        return folding.fold(memory) if folding is not None and folding.applies(values) else memory
 
     @property
     def runs_loop_free(self) -> bool:
@@ -123,6 +145,9 @@ class Decoder(nn.Module):
         sentence k of ``memory``, which then holds B / K sentences: the K beams attend to one
         copy of their sentence's encoder states, as K queries of it.
         """
+        if isinstance(memory, FoldedMemory):
+            assert self.folding is not None
+            return self.folding.step(self, prev_tokens, state, memory, rows_per_sentence)
         embedded = self.dropout(self.embedding(prev_tokens))
         context, output, state, weights = self._recur(embedded, state, memory,
                                                       rows_per_sentence)

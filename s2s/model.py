@@ -37,13 +37,15 @@ class Seq2Seq(nn.Module):
         self.decoder = decoder
         self.special = special
 
-    def encode(self, src: Tensor, src_lengths: Tensor,
-               reference: bool = False) -> tuple[Memory, DecoderState]:
+    def encode(self, src: Tensor, src_lengths: Tensor, reference: bool = False,
+               rows_per_sentence: int = 1) -> tuple[Memory, DecoderState]:
         """src ``[B, S]``, src_lengths ``[B]`` → the memory to attend over and s(0)
-        (``reference``: through ``nn.LSTM``, see :meth:`Encoder.forward`)."""
+        (``reference``: through ``nn.LSTM``, see :meth:`Encoder.forward`;
+        ``rows_per_sentence``: see :meth:`Decoder.memory`)."""
         encoded = self.encoder(src, src_lengths, reference=reference)
         mask = src != self.special.pad
-        return self.decoder.memory(encoded, mask), self.decoder.init_state(encoded)
+        return (self.decoder.memory(encoded, mask, rows_per_sentence),
+                self.decoder.init_state(encoded))
 
     def step(self, prev_tokens: Tensor, state: DecoderState, memory: Memory,
              rows_per_sentence: int = 1) -> tuple[Tensor, DecoderState, Tensor]:

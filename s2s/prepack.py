@@ -4,8 +4,10 @@ Search multiplies the same weights by a few dozen rows hundreds of times. torch'
 product (MKL's sgemm) runs the output projection, ``[64, 512] × [512, 8001]``, at about 100
 GFLOP/s on these 2-core machines; oneDNN's linear with its weight reordered ahead of time runs
 it at about 150 (docs/benchmarks.md). Reordering once per loaded model pays for itself in the
-first batch. The arithmetic is the same fp32 model; only the order of the sums differs, so
-scores agree to float rounding.
+first batch. Beam search moreover multiplies the encoder states by the weights that take the
+attention's context in, once per sentence, instead of multiplying each beam's context by them
+at every step (:class:`ContextFolding`). The arithmetic is the same fp32 model; only the order
+of the sums differs, so scores agree to float rounding.
 
 Swapped-in modules fall back to the original ones whenever gradients are on, in training mode
 or for inputs they were not built for, so a prepacked model still trains and tests correctly.
@@ -18,6 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from s2s.decoder import Decoder, DecoderState, FoldedMemory, Memory
 from s2s.model import Seq2Seq
 from s2s.recurrent import step_product
 
@@ -73,6 +76,13 @@ class PrepackedLinear(nn.Module):
         return out.reshape(*x.shape[:-1], out.size(-1))
 
 
+def _gate_order(size: int) -> Tensor:
+    """Row order taking torch's LSTM gates (i f g o) to i f o g: the three sigmoid gates
+    become one contiguous block."""
+    return torch.cat([torch.arange(0, 2 * size), torch.arange(3 * size, 4 * size),
+                      torch.arange(2 * size, 3 * size)])
+
+
 class PrepackedLSTM(nn.Module):
     """A batch-first, unidirectional :class:`~torch.nn.LSTM` for one-step inputs
     ``[B, 1, I]`` (what search feeds the decoder), each layer one product with its two weight
@@ -93,28 +103,46 @@ class PrepackedLSTM(nn.Module):
             raise ValueError("PrepackedLSTM takes a batch-first, unidirectional LSTM with "
                              "biases and no projection")
         self.lstm = lstm
-        size = lstm.hidden_size
-        order = torch.cat([torch.arange(0, 2 * size), torch.arange(3 * size, 4 * size),
-                           torch.arange(2 * size, 3 * size)])     # torch's i f g o → i f o g
-        self._layers: list[tuple[Tensor, Tensor]] = []
-        for layer in range(lstm.num_layers):
-            weight = torch.cat([getattr(lstm, f"weight_ih_l{layer}"),
-                                getattr(lstm, f"weight_hh_l{layer}")], dim=1)
-            bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-            self._layers.append((weight.detach()[order].contiguous(),
-                                 bias.detach()[order].contiguous()))
+        self.layers = [self.joined_layer(layer) for layer in range(lstm.num_layers)]
+
+    def joined_layer(self, layer: int, input_columns: Optional[slice] = None) -> tuple[Tensor,
+                                                                                        Tensor]:
+        """Layer ``layer``'s [W_ih W_hh] ``[4H, I + H]`` and b_ih + b_hh ``[4H]``, gates in
+        i f o g order; ``input_columns``: only these columns of W_ih."""
+        lstm = self.lstm
+        order = _gate_order(lstm.hidden_size)
+        input_weight = getattr(lstm, f"weight_ih_l{layer}").detach()
+        if input_columns is not None:
+            input_weight = input_weight[:, input_columns]
+        weight = torch.cat([input_weight, getattr(lstm, f"weight_hh_l{layer}").detach()], dim=1)
+        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+        return weight[order].contiguous(), bias.detach()[order].contiguous()
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor,
                                                                         tuple[Tensor, Tensor]]:
         """x ``[B, 1, I]``, (h, c) ``[L, B, D]`` → output ``[B, 1, D]``, (h, c) ``[L, B, D]``."""
         if not _fast_path(self, x) or x.size(1) != 1:
             return self.lstm(x, state)
-        hidden, cell = state
+        output, hidden, cell = self.step(x[:, 0], *state)
+        return output.unsqueeze(1), (hidden, cell)
+
+    def step(self, x: Tensor, hidden: Tensor, cell: Tensor,
+             first_layer: Optional[tuple[Tensor, Tensor]] = None,
+             first_gates: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x ``[B, I]``, h, c ``[L, B, D]`` → top output ``[B, D]``, new h, c ``[L, B, D]``.
+
+        ``first_layer`` replaces the first layer's joined weight and bias (one built by
+        :meth:`joined_layer` for fewer input columns), and ``first_gates [B, 4H]`` (i f o g)
+        is added to its gates: the product of the columns left out, computed elsewhere.
+        """
         size = self.lstm.hidden_size
-        layer_input = x[:, 0]
+        layers = self.layers if first_layer is None else [first_layer, *self.layers[1:]]
+        layer_input = x
         hiddens, cells = [], []
-        for layer, (weight, bias) in enumerate(self._layers):
+        for layer, (weight, bias) in enumerate(layers):
             gates = step_product(torch.cat([layer_input, hidden[layer]], dim=1), weight, bias)
+            if layer == 0 and first_gates is not None:
+                gates += first_gates
             gates[:, :3 * size].sigmoid_()
             gates[:, 3 * size:].tanh_()
             in_gate, forget, out_gate, candidate = gates.split(size, dim=1)
@@ -122,14 +150,92 @@ class PrepackedLSTM(nn.Module):
             layer_input = out_gate * torch.tanh(new_cell)
             hiddens.append(layer_input)
             cells.append(new_cell)
-        return layer_input.unsqueeze(1), (torch.stack(hiddens), torch.stack(cells))
+        return layer_input, torch.stack(hiddens), torch.stack(cells)
+
+
+class ContextFolding:
+    """Beam search's products of the context a(t) moved into the memory, once per sentence.
+
+    a(t) = Σᵢ α(t)ᵢ h(i) reaches the rest of a step only through matrix products: the
+    attentional layer's ṽ(t) = W_v [a(t); s(t)] + b = W_va a(t) + W_vs s(t) + b, and with
+    Bahdanau attention the LSTM's input weights W_ia of its a(t) columns. Since
+
+        W a(t) = Σᵢ α(t)ᵢ (W h(i)),
+
+    multiplying the encoder states by W = [W_ia; W_va] once per batch (``[B, S, 4D + A]``,
+    :meth:`fold`) lets every step attend to the products directly: each beam row then costs
+    S·(4D + A) multiply-adds where it cost C·(4D + A) (C = context size; S ≈ 15 against
+    C = 512 on Multi30k). The fold itself costs S·C·(4D + A) per sentence, so it pays when
+    several rows attend to each sentence: beam search, not greedy search. Same model, same
+    arithmetic but for the order of the sums; scores agree to float rounding.
+
+    Built by :func:`prepack_for_cpu` for a decoder whose attention has
+    ``context_is_weighted_values``; :meth:`Decoder.step <s2s.decoder.Decoder.step>` hands
+    it the steps over a :class:`~s2s.decoder.FoldedMemory`. Decoding only: the weights are
+    copies taken when it is built.
+    """
+
+    def __init__(self, decoder: Decoder, lstm: PrepackedLSTM) -> None:
+        attention = decoder.attention
+        context = attention.context_size
+        attentional = decoder.attentional
+        weight = attentional.weight.detach()                     # [A, C + D]
+        bias = attentional.bias
+        self.lstm = lstm
+        self.bahdanau = attention.uses_previous_state
+        consumers = [weight[:, :context]]
+        if self.bahdanau:  # a(t) is the last C columns of the first layer's input
+            order = _gate_order(decoder.hidden_size)
+            input_weight = lstm.lstm.weight_ih_l0.detach()
+            consumers.insert(0, input_weight[:, -context:][order])
+            self.first_layer = lstm.joined_layer(0, slice(0, input_weight.size(1) - context))
+            self.gate_width = 4 * decoder.hidden_size
+        self.values_weight = torch.cat(consumers)                 # [(4D +) A, C]
+        self.state_weight = _pack(weight[:, context:])            # [A, D]
+        self.bias = None if bias is None else bias.detach()
+
+    def applies(self, values: Tensor) -> bool:
+        """Whether :meth:`fold` serves these attention values ``[B, S, C]``."""
+        return (values.dim() == 3 and values.device.type == "cpu"
+                and values.dtype == torch.float32 and not torch.is_grad_enabled())
+
+    def fold(self, memory: Memory) -> FoldedMemory:
+        """``memory`` with its values ``[B, S, C]`` multiplied by [W_ia; W_va]:
+        ``[B, S, (4D +) A]``."""
+        values = memory.values
+        return FoldedMemory(memory.keys, values @ self.values_weight.t(), memory.mask)
+
+    def step(self, decoder: Decoder, prev_tokens: Tensor, state: DecoderState,
+             memory: FoldedMemory, rows_per_sentence: int) -> tuple[Tensor, DecoderState,
+                                                                   Tensor]:
+        """:meth:`Decoder.step <s2s.decoder.Decoder.step>` over a folded memory (eval mode):
+        ṽ(t) ``[B, A]``, the new state, α(t) ``[B, S]``."""
+        inputs = [decoder.embedding(prev_tokens)]
+        if decoder.input_feeding:
+            inputs.append(state.feed)
+        if self.bahdanau:   # α from s(t-1); the attended products are W_ia a(t) and W_va a(t)
+            attended, weights = decoder._attend(state.hidden[-1], memory, rows_per_sentence)
+            output, hidden, cell = self.lstm.step(
+                torch.cat(inputs, dim=1), state.hidden, state.cell, self.first_layer,
+                attended[:, :self.gate_width])
+            attended = attended[:, self.gate_width:]
+        else:               # α from s(t); the attended product is W_va a(t)
+            output, hidden, cell = self.lstm.step(torch.cat(inputs, dim=1), state.hidden,
+                                                  state.cell)
+            attended, weights = decoder._attend(output, memory, rows_per_sentence)
+        vector = _packed_linear(output, self.state_weight, self.bias).add_(attended)
+        if decoder.attentional_tanh:
+            vector = torch.tanh(vector)
+        feed = vector if decoder.input_feeding else state.feed
+        return vector, DecoderState(hidden, cell, feed), weights
 
 
 def prepack_for_cpu(model: Seq2Seq) -> Seq2Seq:
     """Swap the decoder's LSTM and every linear layer with more than one output (output
     projection, attentional layer, attention projections, bridges; not the Bahdanau energy
-    wᵀ, a matrix-vector product) for the prepacked modules above, in place. For decoding only:
-    the packed copies do not follow later changes to the weights."""
+    wᵀ, a matrix-vector product) for the prepacked modules above, in place, and give the
+    decoder a :class:`ContextFolding` for beam search where its attention allows. For decoding
+    only: the packed copies do not follow later changes to the weights."""
     for parent in list(model.modules()):
         if isinstance(parent, (PrepackedLinear, PrepackedLSTM)):
             continue  # already swapped
@@ -139,4 +245,6 @@ def prepack_for_cpu(model: Seq2Seq) -> Seq2Seq:
     decoder = model.decoder
     if isinstance(decoder.rnn, nn.LSTM):
         decoder.rnn = PrepackedLSTM(decoder.rnn).train(decoder.rnn.training)
+    if isinstance(decoder.rnn, PrepackedLSTM) and decoder.attention.context_is_weighted_values:
+        decoder.folding = ContextFolding(decoder, decoder.rnn)
     return model

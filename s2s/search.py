@@ -1,6 +1,6 @@
 """Decoding: batched greedy and beam search over the model's step interface.
 
-A searcher only needs ``model.encode(src, lengths) -> (memory, state)`` and
+A searcher only needs ``model.encode(src, lengths, rows_per_sentence) -> (memory, state)`` and
 ``model.step(prev_tokens [B], state, memory, rows_per_sentence) -> (log_probs [B, V], state,
 weights [B, S])``; ``memory.select`` / ``state.select`` pick and reorder sentences and rows.
 Beam search keeps one memory row per sentence: its K beams are K consecutive state rows that
@@ -119,7 +119,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
     device = src.device
     # The first step runs one row per sentence (all beams would be identical); from then on
     # each sentence has ``beams`` rows.
-    memory, state = model.encode(src, src_lengths)
+    memory, state = model.encode(src, src_lengths, rows_per_sentence=beams)
     limits = max_lengths.to(device)
     active = torch.arange(src.size(0), device=device)  # original index of each live sentence
     beam_scores = torch.zeros(src.size(0), 1, device=device)

@@ -7,12 +7,16 @@ import torch
 from torch import nn
 
 from s2s.attention import build_attention
+from s2s.decoder import FoldedMemory, Memory
 from s2s.dropout import Dropout
 from s2s.encoder import Encoder
 from s2s.inference import quantize_int8
+from s2s.model import build_model
 from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
 from s2s.recurrent import attentive_lstm, packed_layout, step_product
-from tests.conftest import tiny_model
+from s2s.search import search
+from s2s.tokenizer import SPECIAL
+from tests.conftest import tiny_model, tiny_model_config
 
 needs_prepack = pytest.mark.skipif(not prepack_available(), reason="torch build lacks oneDNN")
 
@@ -210,6 +214,86 @@ def test_prepacked_model_steps_like_the_plain_one(name):
             results.append((log_probs, alpha, log_probs2))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _plain_and_prepacked(name: str, **options) -> tuple:
+    """Two copies of one tiny model in eval mode, the second prepacked."""
+    activation = options.pop("attentional_activation", "tanh")
+    models = []
+    for _ in range(2):
+        cfg = tiny_model_config(name, **options)
+        cfg.decoder.attentional_activation = activation
+        torch.manual_seed(11)
+        models.append(build_model(cfg, 20, 20, SPECIAL, 16).eval())
+    prepack_for_cpu(models[1])
+    return models[0], models[1]
+
+
+FOLDABLE = [("bahdanau", {}), ("bahdanau", {"input_feeding": True, "num_layers": 2}),
+            ("bahdanau", {"attentional_activation": "none"}), ("general", {}),
+            ("dot", {"input_feeding": True}), ("location", {"num_layers": 2}),
+            ("scaled_dot", {"attentional_activation": "none"})]
+
+
+@needs_prepack
+@pytest.mark.parametrize("name,options", FOLDABLE)
+def test_beam_steps_over_a_folded_memory_equal_the_plain_steps(name, options):
+    """K rows per sentence attending to the context's products folded into the memory give
+    the plain model's log-probabilities, attention weights and states, step after step."""
+    plain, packed = _plain_and_prepacked(name, **options)
+    src = torch.randint(4, 20, (3, 6))
+    lengths = torch.tensor([6, 4, 2])
+    src[1, 4:] = 0
+    src[2, 2:] = 0
+    beams = 4
+    rows = torch.arange(3).repeat_interleave(beams)
+    torch.manual_seed(12)
+    prev = torch.randint(3, 20, (3 * beams,))
+    with torch.no_grad():
+        results = []
+        for model in (plain, packed):
+            memory, state = model.encode(src, lengths, rows_per_sentence=beams)
+            assert isinstance(memory, FoldedMemory) == (model is packed)
+            state = state.select(rows)
+            log_probs, state, alpha = model.step(prev, state, memory, rows_per_sentence=beams)
+            # the second step from other beams' states, over the memory rows search keeps
+            reordered, kept = state.select(rows.flip(0)), memory.select(torch.tensor([2, 1, 0]))
+            log_probs2, state2, alpha2 = model.step(log_probs.argmax(-1), reordered, kept,
+                                                    rows_per_sentence=beams)
+            results.append((log_probs, alpha, log_probs2, alpha2, *state2))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_prepack
+@pytest.mark.parametrize("name,options", FOLDABLE[:2] + [("general", {"input_feeding": True})])
+def test_prepacked_beam_search_finds_the_plain_model_s_hypotheses(name, options):
+    plain, packed = _plain_and_prepacked(name, **options)
+    sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4]]
+    found = [search(model, sources, batch_size=2, max_output_length=8, max_output_ratio=3.0,
+                    beam_size=3, n_best=2) for model in (plain, packed)]
+    for plain_hyps, packed_hyps in zip(*found):
+        assert [h.tokens for h in plain_hyps] == [h.tokens for h in packed_hyps]
+        assert [h.score for h in plain_hyps] == pytest.approx([h.score for h in packed_hyps],
+                                                               abs=1e-5)
+
+
+@needs_prepack
+def test_the_memory_is_folded_for_several_rows_per_sentence_without_gradients_only():
+    _, packed = _plain_and_prepacked("bahdanau")
+    src, lengths = torch.randint(4, 20, (2, 5)), torch.tensor([5, 5])
+    with torch.no_grad():
+        assert type(packed.encode(src, lengths)[0]) is Memory  # greedy: one row each
+        assert isinstance(packed.encode(src, lengths, rows_per_sentence=5)[0], FoldedMemory)
+        packed.train()
+        assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
+        packed.eval()
+    assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory  # gradients on
+    # multi-head: each head weighs the values differently, so nothing can be folded
+    _, multihead = _plain_and_prepacked("multihead")
+    assert multihead.decoder.folding is None
+    with torch.no_grad():
+        assert type(multihead.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
 
 
 # ------------------------------------------------------------- the encoder's LSTM by hand

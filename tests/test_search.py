@@ -129,8 +129,8 @@ class _CountingModel:
         self.model, self.rows = model, 0
         self.special = model.special
 
-    def encode(self, *args):
-        return self.model.encode(*args)
+    def encode(self, *args, **options):
+        return self.model.encode(*args, **options)
 
     def step(self, prev, state, memory, rows_per_sentence=1):
         self.rows += prev.numel()
