@@ -48,7 +48,8 @@ class Memory(NamedTuple):
 class FoldedMemory(Memory):
     """A :class:`Memory` whose ``values`` are the encoder states already multiplied by the
     weights that take the context in (``[B, S, *]``, see :class:`s2s.prepack.ContextFolding`):
-    attending to them gives those products of a(t) directly. Only search builds one."""
+    attending to them gives those products of a(t) directly. :meth:`Decoder.memory` builds
+    one when asked for several rows per sentence (beam search) by a prepacked model."""
 
     __slots__ = ()
 
@@ -128,8 +129,10 @@ class Decoder(nn.Module):
         """
         keys, values = self.attention.precompute(encoded.states, encoded.states)
         memory = Memory(keys, values, src_mask)
-        folding = self.folding if rows_per_sentence > 1 and not self.training else None
-        return folding.fold(memory) if folding is not None and folding.applies(values) else memory
+        folding = self.folding if rows_per_sentence > 1 else None
+        if folding is not None and folding.applies(self, values):
+            return folding.fold(memory)
+        return memory
 
     @property
     def runs_loop_free(self) -> bool:
@@ -143,10 +146,13 @@ class Decoder(nn.Module):
 
         With ``rows_per_sentence`` = K > 1 (beam search), rows k·K … k·K + K − 1 all belong to
         sentence k of ``memory``, which then holds B / K sentences: the K beams attend to one
-        copy of their sentence's encoder states, as K queries of it.
+        copy of their sentence's encoder states, as K queries of it. Over a
+        :class:`FoldedMemory` the step is :meth:`s2s.prepack.ContextFolding.step`'s.
         """
         if isinstance(memory, FoldedMemory):
-            assert self.folding is not None
+            if self.folding is None or self.training or torch.is_grad_enabled():
+                raise RuntimeError("a folded memory is for decoding: eval mode, no gradients, "
+                                   "a prepacked model (see s2s.prepack.ContextFolding)")
             return self.folding.step(self, prev_tokens, state, memory, rows_per_sentence)
         embedded = self.dropout(self.embedding(prev_tokens))
         context, output, state, weights = self._recur(embedded, state, memory,

@@ -162,12 +162,14 @@ class ContextFolding:
 
         W a(t) = Σᵢ α(t)ᵢ (W h(i)),
 
-    multiplying the encoder states by W = [W_ia; W_va] once per batch (``[B, S, 4D + A]``,
-    :meth:`fold`) lets every step attend to the products directly: each beam row then costs
-    S·(4D + A) multiply-adds where it cost C·(4D + A) (C = context size; S ≈ 15 against
-    C = 512 on Multi30k). The fold itself costs S·C·(4D + A) per sentence, so it pays when
-    several rows attend to each sentence: beam search, not greedy search. Same model, same
-    arithmetic but for the order of the sums; scores agree to float rounding.
+    multiplying the encoder states by W = [W_ia; W_va] once per batch (``[B, S, (4D +) A]``
+    with D the decoder's hidden size, A its attentional size, C the context size;
+    :meth:`fold`) lets every step attend to the products directly. Per beam row and step the
+    weighted sum then costs S·(4D + A) multiply-adds where the plain step paid S·C for it and
+    C·(4D + A) for the products (S ≈ 15 against C = 512 on Multi30k). The fold itself costs
+    S·C·(4D + A) per sentence, so it pays when several rows attend to each sentence: beam
+    search, not greedy search. Same model, same arithmetic but for the order of the sums;
+    scores agree to float rounding.
 
     Built by :func:`prepack_for_cpu` for a decoder whose attention has
     ``context_is_weighted_values``; :meth:`Decoder.step <s2s.decoder.Decoder.step>` hands
@@ -176,28 +178,30 @@ class ContextFolding:
     """
 
     def __init__(self, decoder: Decoder, lstm: PrepackedLSTM) -> None:
-        attention = decoder.attention
-        context = attention.context_size
-        attentional = decoder.attentional
-        weight = attentional.weight.detach()                     # [A, C + D]
-        bias = attentional.bias
+        context = decoder.attention.context_size
+        weight = decoder.attentional.weight.detach()             # [A, C + D]
+        bias = decoder.attentional.bias
         self.lstm = lstm
-        self.bahdanau = attention.uses_previous_state
-        consumers = [weight[:, :context]]
-        if self.bahdanau:  # a(t) is the last C columns of the first layer's input
-            order = _gate_order(decoder.hidden_size)
-            input_weight = lstm.lstm.weight_ih_l0.detach()
-            consumers.insert(0, input_weight[:, -context:][order])
-            self.first_layer = lstm.joined_layer(0, slice(0, input_weight.size(1) - context))
+        # Bahdanau: a(t) is the last C columns of the first LSTM layer's input
+        self.context_feeds_lstm = decoder.attention.uses_previous_state
+        self.first_layer: Optional[tuple[Tensor, Tensor]] = None
+        self.gate_width = 0
+        consumers = []
+        if self.context_feeds_lstm:
+            inputs = lstm.lstm.input_size
+            gate_rows = _gate_order(decoder.hidden_size)
+            consumers.append(lstm.lstm.weight_ih_l0.detach()[:, inputs - context:][gate_rows])
+            self.first_layer = lstm.joined_layer(0, slice(0, inputs - context))
             self.gate_width = 4 * decoder.hidden_size
+        consumers.append(weight[:, :context])
         self.values_weight = torch.cat(consumers)                 # [(4D +) A, C]
         self.state_weight = _pack(weight[:, context:])            # [A, D]
-        self.bias = None if bias is None else bias.detach()
+        self.bias = None if bias is None else bias.detach().clone()
 
-    def applies(self, values: Tensor) -> bool:
-        """Whether :meth:`fold` serves these attention values ``[B, S, C]``."""
-        return (values.dim() == 3 and values.device.type == "cpu"
-                and values.dtype == torch.float32 and not torch.is_grad_enabled())
+    def applies(self, decoder: Decoder, values: Tensor) -> bool:
+        """Whether :meth:`fold` serves these attention values ``[B, S, C]`` (decoding on the
+        CPU in fp32: eval mode, no gradients)."""
+        return _fast_path(decoder, values) and values.dim() == 3
 
     def fold(self, memory: Memory) -> FoldedMemory:
         """``memory`` with its values ``[B, S, C]`` multiplied by [W_ia; W_va]:
@@ -213,13 +217,13 @@ class ContextFolding:
         inputs = [decoder.embedding(prev_tokens)]
         if decoder.input_feeding:
             inputs.append(state.feed)
-        if self.bahdanau:   # α from s(t-1); the attended products are W_ia a(t) and W_va a(t)
+        if self.context_feeds_lstm:  # α from s(t-1); attended: W_ia a(t) and W_va a(t)
             attended, weights = decoder._attend(state.hidden[-1], memory, rows_per_sentence)
             output, hidden, cell = self.lstm.step(
                 torch.cat(inputs, dim=1), state.hidden, state.cell, self.first_layer,
                 attended[:, :self.gate_width])
             attended = attended[:, self.gate_width:]
-        else:               # α from s(t); the attended product is W_va a(t)
+        else:                        # α from s(t); attended: W_va a(t)
             output, hidden, cell = self.lstm.step(torch.cat(inputs, dim=1), state.hidden,
                                                   state.cell)
             attended, weights = decoder._attend(output, memory, rows_per_sentence)

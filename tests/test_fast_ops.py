@@ -219,17 +219,25 @@ def test_prepacked_model_steps_like_the_plain_one(name):
 def _plain_and_prepacked(name: str, **options) -> tuple:
     """Two copies of one tiny model in eval mode, the second prepacked."""
     activation = options.pop("attentional_activation", "tanh")
+    encoder_size = options.pop("encoder_size", None)
+    attentional_size = options.pop("attentional_size", None)
     models = []
     for _ in range(2):
         cfg = tiny_model_config(name, **options)
         cfg.decoder.attentional_activation = activation
+        cfg.decoder.attentional_size = attentional_size
+        cfg.encoder.hidden_size = encoder_size or cfg.encoder.hidden_size
         torch.manual_seed(11)
         models.append(build_model(cfg, 20, 20, SPECIAL, 16).eval())
     prepack_for_cpu(models[1])
     return models[0], models[1]
 
 
+# context 2 × 5 = 10, decoder 16, attentional layer 7: a column boundary mixed up shows
+UNEQUAL = {"encoder_size": 5, "attentional_size": 7}
 FOLDABLE = [("bahdanau", {}), ("bahdanau", {"input_feeding": True, "num_layers": 2}),
+            ("bahdanau", {"input_feeding": True, "num_layers": 2, **UNEQUAL}),
+            ("general", {"input_feeding": True, **UNEQUAL}),
             ("bahdanau", {"attentional_activation": "none"}), ("general", {}),
             ("dot", {"input_feeding": True}), ("location", {"num_layers": 2}),
             ("scaled_dot", {"attentional_activation": "none"})]
@@ -289,6 +297,14 @@ def test_the_memory_is_folded_for_several_rows_per_sentence_without_gradients_on
         assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
         packed.eval()
     assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory  # gradients on
+    with torch.no_grad():  # a folded memory stepped in training mode is refused, not misused
+        folded, state = packed.encode(src, lengths, rows_per_sentence=5)
+        packed.train()
+        with pytest.raises(RuntimeError, match="folded memory is for decoding"):
+            packed.step(torch.tensor([5, 6]), state, folded)
+        packed.eval()
+        packed.double()  # not fp32: the plain memory
+        assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
     # multi-head: each head weighs the values differently, so nothing can be folded
     _, multihead = _plain_and_prepacked("multihead")
     assert multihead.decoder.folding is None
