@@ -150,7 +150,7 @@ class Decoder(nn.Module):
         :class:`FoldedMemory` the step is :meth:`s2s.prepack.ContextFolding.step`'s.
         """
         if isinstance(memory, FoldedMemory):
-            if self.folding is None or self.training or torch.is_grad_enabled():
+            if self.folding is None or not self.folding.applies(self, memory.values):
                 raise RuntimeError("a folded memory is for decoding: eval mode, no gradients, "
                                    "a prepacked model (see s2s.prepack.ContextFolding)")
             return self.folding.step(self, prev_tokens, state, memory, rows_per_sentence)

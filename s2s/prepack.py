@@ -199,8 +199,8 @@ class ContextFolding:
         self.bias = None if bias is None else bias.detach().clone()
 
     def applies(self, decoder: Decoder, values: Tensor) -> bool:
-        """Whether :meth:`fold` serves these attention values ``[B, S, C]`` (decoding on the
-        CPU in fp32: eval mode, no gradients)."""
+        """Whether :meth:`fold` serves these attention values ``[B, S, C]``, and :meth:`step`
+        the folded ones (decoding on the CPU in fp32: eval mode, no gradients)."""
         return _fast_path(decoder, values) and values.dim() == 3
 
     def fold(self, memory: Memory) -> FoldedMemory:
@@ -214,18 +214,15 @@ class ContextFolding:
                                                                    Tensor]:
         """:meth:`Decoder.step <s2s.decoder.Decoder.step>` over a folded memory (eval mode):
         ṽ(t) ``[B, A]``, the new state, α(t) ``[B, S]``."""
-        inputs = [decoder.embedding(prev_tokens)]
-        if decoder.input_feeding:
-            inputs.append(state.feed)
+        embedded = decoder.embedding(prev_tokens)
+        inputs = torch.cat([embedded, state.feed], dim=1) if decoder.input_feeding else embedded
         if self.context_feeds_lstm:  # α from s(t-1); attended: W_ia a(t) and W_va a(t)
             attended, weights = decoder._attend(state.hidden[-1], memory, rows_per_sentence)
-            output, hidden, cell = self.lstm.step(
-                torch.cat(inputs, dim=1), state.hidden, state.cell, self.first_layer,
-                attended[:, :self.gate_width])
+            output, hidden, cell = self.lstm.step(inputs, state.hidden, state.cell,
+                                                  self.first_layer, attended[:, :self.gate_width])
             attended = attended[:, self.gate_width:]
         else:                        # α from s(t); attended: W_va a(t)
-            output, hidden, cell = self.lstm.step(torch.cat(inputs, dim=1), state.hidden,
-                                                  state.cell)
+            output, hidden, cell = self.lstm.step(inputs, state.hidden, state.cell)
             attended, weights = decoder._attend(output, memory, rows_per_sentence)
         vector = _packed_linear(output, self.state_weight, self.bias).add_(attended)
         if decoder.attentional_tanh:
