@@ -111,6 +111,8 @@ class ModelConfig:
     attention_size: Optional[int] = _num(None, 1)
     num_heads: int = _num(1, 1)
     tied_embeddings: bool = False
+    initializer: Literal["xavier", "uniform"] = "xavier"
+    init_range: float = _num(0.1, 0.0, lo_open=True, doc="r of the uniform initializer")
     encoder: EncoderConfig = _sub(EncoderConfig)
     decoder: DecoderConfig = _sub(DecoderConfig)
 

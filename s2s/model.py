@@ -85,10 +85,17 @@ class Seq2Seq(nn.Module):
         return LossOutput(loss, nll, int(gold.numel()), correct)
 
 
-def initialize(model: nn.Module) -> None:
-    """Xavier-uniform matrices, zero biases, LSTM forget-gate bias 1, zero padding rows."""
+def initialize(model: nn.Module, scheme: str = "xavier", init_range: float = 0.1) -> None:
+    """Draw the parameters; padding rows of the embeddings are zero in both schemes.
+
+    ``xavier``: matrices Xavier-uniform, U(±√(6 / (fan_in + fan_out))) (Glorot & Bengio), biases
+    zero, LSTM forget-gate bias 1. ``uniform``: every parameter, biases included,
+    U(±init_range), as Luong et al. (2015) and OpenNMT-py (its default ``param_init: 0.1``) do.
+    """
     for name, param in model.named_parameters():
-        if param.dim() > 1:
+        if scheme == "uniform":
+            nn.init.uniform_(param, -init_range, init_range)
+        elif param.dim() > 1:
             nn.init.xavier_uniform_(param)
         else:
             nn.init.zeros_(param)
@@ -120,7 +127,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                       init=dec.init, attentional_activation=dec.attentional_activation,
                       pad_id=special.pad, tied_embeddings=cfg.tied_embeddings)
     model = Seq2Seq(encoder, decoder, special)
-    initialize(model)
+    initialize(model, cfg.initializer, cfg.init_range)
     return model
 
 

@@ -125,6 +125,11 @@ def test_int_widens_to_float():
     assert isinstance(cfg.training.learning_rate, float)
 
 
+def test_bad_initializer_lists_choices():
+    message = config_error(with_(model={"initializer": "glorot"}))
+    assert "'model.initializer'" in message and "uniform, xavier" in message
+
+
 def test_bad_literal_value_lists_choices():
     message = config_error(with_(training={"optimizer": "adamm"}))
     assert "'training.optimizer'" in message
@@ -144,8 +149,9 @@ def test_bad_literal_value_lists_choices():
      "1.0"),
     (with_(training={"learning_rate": float("nan")}), "training.learning_rate", "(0, inf]",
      "nan"),
+    (with_(model={"init_range": 0}), "model.init_range", "(0, inf]", "0"),
 ], ids=["negative-size", "zero-size", "dropout-1", "dropout-negative", "lr-0", "factor-1",
-        "lr-nan"])
+        "lr-nan", "init-range-0"])
 def test_out_of_range(raw, path, interval, value):
     message = config_error(raw)
     assert f"config key '{path}'" in message

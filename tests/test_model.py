@@ -217,3 +217,32 @@ def test_attentional_activation_none_leaves_out_the_tanh():
     assert plain.abs().max() > 1.0 or not torch.allclose(plain, torch.tanh(plain))
     batch = random_batch(seed=2)
     assert not torch.allclose(linear(batch).loss, with_tanh(batch).loss)
+
+
+def test_xavier_initializer_zeroes_biases_but_the_forget_gate_s():
+    model = tiny_model("bahdanau")
+    params = dict(model.named_parameters())
+    bias = params["decoder.rnn.bias_ih_l0"]
+    size = bias.numel() // 4
+    assert torch.all(bias[size:2 * size] == 1) and torch.all(bias[:size] == 0)
+    assert torch.all(params["decoder.rnn.bias_hh_l0"] == 0)
+    weight = params["decoder.output.weight"]                         # [V, attentional_size]
+    bound = (6 / sum(weight.shape)) ** 0.5
+    assert weight.abs().max() <= bound and weight.abs().max() > bound / 2
+
+
+@pytest.mark.parametrize("init_range", [0.1, 0.5])
+def test_uniform_initializer_draws_every_parameter_within_its_range(init_range):
+    cfg = tiny_model_config("bahdanau")
+    cfg.initializer, cfg.init_range = "uniform", init_range
+    torch.manual_seed(0)
+    model = build_model(cfg, 20, 20, SPECIAL, 16)
+    for name, param in model.named_parameters():
+        values = param.detach().flatten()
+        if name.endswith("embedding.weight"):
+            assert torch.all(param[SPECIAL.pad] == 0), name  # padding rows stay zero
+            values = torch.cat([param[:SPECIAL.pad], param[SPECIAL.pad + 1:]]).flatten()
+        assert values.abs().max() <= init_range, name
+        # biases too, and spread over the range: not Xavier's bounds, not zeros
+        assert values.abs().max() > init_range / 2 or values.numel() < 4, name
+        assert values.min() < 0 < values.max() or values.numel() < 4, name
