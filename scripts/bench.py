@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """s2s against JoeyNMT and OpenNMT-py on the same data and model, one after the other.
 
-    python scripts/bench.py                      # s2s, then both peers (~20 min on 2 cores)
+    python scripts/bench.py                      # s2s and both peers (~25 min on 2 cores)
     python scripts/bench.py --peers-from RUNS/peers/results.json   # reuse a peer run
     python scripts/bench.py --rounds 3           # three rounds, alternating who goes first,
                                                  # with the median of the per-round ratios
@@ -22,6 +22,10 @@ Measured, each in its own process under ``/usr/bin/time -v`` (peak RSS):
   the toolkit's own timer reports it (model loading excluded), BLEU with sacrebleu; s2s also
   with ``--int8`` (dynamic int8 weights). s2s decodes with its default ``evaluation.workers``
   (on 2 cores two batches at once, one torch thread each), the peers with their defaults.
+  Decoding runs after all trainings, in ``--passes`` (3) passes that each decode with every
+  toolkit, in an order rotated from pass to pass; each figure is the pass with the median
+  sentences/s (one decoding of 1,000 sentences lasts 3–40 s, shorter than the VM's swings),
+  with the highest peak RSS of its passes.
 
 Prints one markdown table with the s2s/peer ratios; ``--json`` writes every figure.
 """
@@ -95,17 +99,27 @@ def s2s_train(name: str, data: Path, runs: Path, updates: int, extra: list[str])
     return result
 
 
-def s2s_decode(checkpoint: str, data: Path, runs: Path, beam: int, int8: bool = False) -> dict:
-    tag = f"beam{beam}" + ("_int8" if int8 else "")
+def s2s_decode(checkpoint: str, data: Path, runs: Path, beam: int, int8: bool = False,
+               tag: str = "") -> dict:
+    name = f"beam{beam}" + ("_int8" if int8 else "") + tag
     run = timed([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", checkpoint,
                  "--src", f"{data}/{TEST}.raw.de", "--ref", f"{data}/{TEST}.raw.en",
                  "--beam", str(beam), "--batch-size", "64", "--output",
-                 str(runs / f"s2s_{tag}.hyp"), "--json"] + (["--int8"] if int8 else []),
-                runs / f"s2s_decode_{tag}.log")
+                 str(runs / f"s2s_{name}.hyp"), "--json"] + (["--int8"] if int8 else []),
+                runs / f"s2s_decode_{name}.log")
     scores = json.loads(run["last_line"])
     return {"sent_per_s": scores["sentences_per_second"], "out_tok_s": scores["tokens_per_second"],
             "bleu": scores["bleu"], "peak_rss_mib": run["peak_rss_mib"],
             "workers": scores.get("workers", 1)}
+
+
+def median_pass(passes: list[dict]) -> dict:
+    """One decoding figure from several passes over the same checkpoint: the pass with the
+    median sentences/s (the lower middle one for an even count), its peak RSS replaced by the
+    highest of all passes; ``passes`` lists every pass's sentences/s."""
+    chosen = sorted(passes, key=lambda p: p["sent_per_s"])[(len(passes) - 1) // 2]
+    return {**chosen, "peak_rss_mib": max(p["peak_rss_mib"] for p in passes),
+            "passes": [p["sent_per_s"] for p in passes]}
 
 
 # ---------------------------------------------------------------------------------- peers
@@ -123,38 +137,56 @@ def prepare_peer_files(data: Path) -> None:
         onmt_vocab.write_text("".join(f"{piece} 1\n" for piece in pieces), encoding="utf-8")
 
 
-def run_peers(peers: Path, runs: Path, updates: int, joey_updates: int) -> dict:
-    """Train and decode with both peers through their own scripts (their runs go under
-    ``runs/peers``); parse with their parser."""
-    logs, runs = runs / "peer_logs", runs / "peers"
-    env = {"RUNS": str(runs)}
+PEER_PREFIXES = {"JoeyNMT": ("joeynmt", "joey"), "OpenNMT-py": ("opennmt", "onmt")}
+
+
+def peer_env(runs: Path) -> dict[str, str]:
+    return {"RUNS": str(runs / "peers")}
+
+
+def train_peers(peers: Path, runs: Path, updates: int, joey_updates: int) -> None:
+    """Train both peers through their own script (runs under ``runs/peers``)."""
     prepare_peer_files(Path(os.environ.get("DATA", "/tmp/anchors-data")))
-    for toolkit, name, steps in (("joeynmt", "joey_train_r1", joey_updates),
-                                 ("opennmt", "onmt_train_r1", updates)):
+    for label, steps in (("JoeyNMT", joey_updates), ("OpenNMT-py", updates)):
+        toolkit, prefix = PEER_PREFIXES[label]
         print(f"[peers] training {toolkit} for {steps} updates", flush=True)
-        timed(["bash", str(peers / "run_train.sh"), toolkit, name, str(steps)],
-              logs / f"{name}.log", env)
-        for beam in (1, 5):
-            print(f"[peers] decoding with {toolkit}, beam {beam}", flush=True)
-            timed(["bash", str(peers / "run_decode.sh"), toolkit, name, str(beam)],
-                  logs / f"decode_{name}_beam{beam}.log", env)
+        timed(["bash", str(peers / "run_train.sh"), toolkit, f"{prefix}_train_r1", str(steps)],
+              runs / "peer_logs" / f"{prefix}_train_r1.log", peer_env(runs))
+
+
+def decode_peer(peers: Path, runs: Path, label: str, beam: int, tag: str) -> None:
+    """One decoding pass of a trained peer through its own script (``run_decode.sh``)."""
+    toolkit, prefix = PEER_PREFIXES[label]
+    timed(["bash", str(peers / "run_decode.sh"), toolkit, f"{prefix}_train_r1", str(beam), tag],
+          runs / "peer_logs" / f"decode_{prefix}_train_r1_beam{beam}{tag}.log", peer_env(runs))
+
+
+def parse_peers(peers: Path, runs: Path) -> dict:
+    """The peers' own parser over their runs' logs (it needs the prep venv's sacrebleu)."""
     python = Path(os.environ.get("VENV_DIR", "/tmp/anchors-venvs")) / "prep" / "bin" / "python"
-    timed([str(python), str(peers / "parse_results.py")], logs / "parse.log", env)
-    return json.loads((runs / "results.json").read_text())
+    timed([str(python), str(peers / "parse_results.py")], runs / "peer_logs" / "parse.log",
+          peer_env(runs))
+    return json.loads((runs / "peers" / "results.json").read_text())
 
 
 def peer_figures(results: dict) -> dict[str, dict]:
-    """{'JoeyNMT': {...}, 'OpenNMT-py': {...}} from the peers' parser output."""
+    """{'JoeyNMT': {...}, 'OpenNMT-py': {...}} from the peers' parser output; a decoding
+    figure is the :func:`median_pass` of the runs decoded with the same beam (one per pass,
+    named ``..._beamN_pK``; a run without passes has one, named ``..._beamN``)."""
     figures: dict[str, dict] = {}
-    for label, prefix in (("JoeyNMT", "joey"), ("OpenNMT-py", "onmt")):
+    for label, (_, prefix) in PEER_PREFIXES.items():
         train = next(r for r in results["train"] if r["run"] == f"{prefix}_train_r1")
         row = {"train_tok_s": train["tgt_tok_s"], "train_rss": train["peak_rss_mib"],
                "updates": train["updates"], "tok_per_update": train["tgt_tok_per_batch"]}
         for beam in (1, 5):
-            dec = next(r for r in results["decode"]
-                       if r["run"] == f"decode_{prefix}_train_r1_beam{beam}")
-            row[f"beam{beam}"] = {"sent_per_s": dec["sent_per_s"], "out_tok_s": dec["out_tok_s"],
-                                  "bleu": dec["bleu"], "peak_rss_mib": dec["peak_rss_mib"]}
+            name = f"decode_{prefix}_train_r1_beam{beam}"
+            passes = [{"sent_per_s": r["sent_per_s"], "out_tok_s": r["out_tok_s"],
+                       "bleu": r["bleu"], "peak_rss_mib": r["peak_rss_mib"]}
+                      for r in results["decode"]
+                      if r["run"] == name or r["run"].startswith(f"{name}_p")]
+            if not passes:
+                raise KeyError(name)
+            row[f"beam{beam}"] = median_pass(passes)
         figures[label] = row
     return figures
 
@@ -207,17 +239,12 @@ def table(s2s: dict, luong: Optional[dict], peers: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def measure_s2s(args: argparse.Namespace, runs: Path) -> tuple[dict, dict, Optional[dict]]:
-    """s2s's figures (training, decoding fp32 and int8), its training result, the Luong one."""
+def train_s2s(args: argparse.Namespace, runs: Path) -> tuple[dict, dict, Optional[dict]]:
+    """s2s's training figures, its training result (with the checkpoint) and the Luong one."""
     print(f"[s2s] training bench_matched for {args.updates} updates", flush=True)
     trained = s2s_train("s2s_bahdanau", args.data, runs, args.updates, [])
     s2s = {"train_tok_s": trained["tgt_tokens_per_s"], "train_rss": trained["peak_rss_mib"],
            "updates": trained["steps"], "tok_per_update": trained["tgt_tokens_per_update"]}
-    for beam in (1, 5):
-        print(f"[s2s] decoding, beam {beam}", flush=True)
-        s2s[f"beam{beam}"] = s2s_decode(trained["checkpoint"], args.data, runs, beam)
-        s2s[f"beam{beam}_int8"] = s2s_decode(trained["checkpoint"], args.data, runs, beam,
-                                             int8=True)
     luong = None
     if not args.no_luong:
         print("[s2s] training the loop-free Luong variant", flush=True)
@@ -226,12 +253,50 @@ def measure_s2s(args: argparse.Namespace, runs: Path) -> tuple[dict, dict, Optio
     return s2s, trained, luong
 
 
-def measure_peers(args: argparse.Namespace, runs: Path) -> dict:
-    if args.s2s_only:
-        return {}
+def decode_all(args: argparse.Namespace, runs: Path, checkpoint: str,
+               peer_labels: list[str]) -> tuple[dict, dict[str, dict]]:
+    """Every toolkit decodes test_2016_flickr greedy and with beam 5, ``--passes`` times: each
+    pass runs all of them one after the other, starting one later in the order each pass, so
+    the VM's drift over minutes reaches all alike. Returns s2s's :func:`median_pass` figures
+    (fp32 and ``_int8``) and the peers' decoding passes, parsed (by :func:`peer_figures`)."""
+    systems = ["s2s"] + peer_labels
+    s2s_passes: dict[str, list[dict]] = {}
+    for index in range(args.passes):
+        tag = f"_p{index + 1}" if args.passes > 1 else ""
+        order = systems[index % len(systems):] + systems[:index % len(systems)]
+        for beam in (1, 5):
+            print(f"[decode] pass {index + 1} of {args.passes}, beam {beam}: "
+                  f"{', '.join(order)}", flush=True)
+            for system in order:
+                if system != "s2s":
+                    decode_peer(args.peers_dir, runs, system, beam, tag)
+                    continue
+                for int8 in (False, True):
+                    key = f"beam{beam}" + ("_int8" if int8 else "")
+                    s2s_passes.setdefault(key, []).append(
+                        s2s_decode(checkpoint, args.data, runs, beam, int8, tag))
+    s2s = {key: median_pass(passes) for key, passes in s2s_passes.items()}
+    peers = peer_figures(parse_peers(args.peers_dir, runs)) if peer_labels else {}
+    return s2s, peers
+
+
+def measure_round(args: argparse.Namespace, runs: Path,
+                  peers_first: bool) -> tuple[dict, Optional[dict], dict, dict]:
+    """One round: the trainings (the peers' before or after s2s's), then every decoding.
+    Returns s2s's figures, the Luong training result, the peers' figures and s2s's training
+    result."""
+    run_peers = not (args.s2s_only or args.peers_from)
+    if run_peers and peers_first:
+        train_peers(args.peers_dir, runs, args.updates, args.joey_updates)
+    s2s, trained, luong = train_s2s(args, runs)
+    if run_peers and not peers_first:
+        train_peers(args.peers_dir, runs, args.updates, args.joey_updates)
+    decoded, peers = decode_all(args, runs, trained["checkpoint"],
+                                list(PEER_PREFIXES) if run_peers else [])
+    s2s.update(decoded)
     if args.peers_from:
-        return peer_figures(json.loads(args.peers_from.read_text()))
-    return peer_figures(run_peers(args.peers_dir, runs, args.updates, args.joey_updates))
+        peers = peer_figures(json.loads(args.peers_from.read_text()))
+    return s2s, luong, peers, trained
 
 
 def median_table(results: list[tuple[dict, Optional[dict], dict]]) -> str:
@@ -292,6 +357,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="repeat the comparison this many times (in --runs/roundN), "
                              "alternating which side goes first, and print each round's ratios "
                              "and their median")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="decoding passes per round, every toolkit in each; a decoding "
+                             "figure is the pass with the median sentences/s (default 3)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the steps an interrupted run in --runs completed")
     parser.add_argument("--tables-from", type=Path, metavar="JSON",
@@ -300,6 +368,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.passes < 1:
+        parser.error("--passes must be at least 1")
     if args.tables_from:
         try:
             saved = json.loads(args.tables_from.read_text(encoding="utf-8"))
@@ -327,13 +397,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         runs = args.runs if args.rounds == 1 else args.runs / f"round{index + 1}"
         if args.rounds > 1:
             print(f"== round {index + 1} of {args.rounds}", flush=True)
-        # odd rounds measure the peers first, so a drift of the machine's speed over the
+        # odd rounds train the peers first, so a drift of the machine's speed over the
         # ≈ 20 minutes of a round does not always favour the same side
-        peers_first = index % 2 == 1
-        peers = measure_peers(args, runs) if peers_first else {}
-        s2s, trained, luong = measure_s2s(args, runs)
-        if not peers_first:
-            peers = measure_peers(args, runs)
+        s2s, luong, peers, trained = measure_round(args, runs, peers_first=index % 2 == 1)
         results.append((s2s, luong, peers))
         print()
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; s2s torch threads "

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from types import SimpleNamespace
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 
@@ -83,3 +84,59 @@ def test_tables_from_a_saved_run_and_a_clear_error_for_a_bad_file(tmp_path):
     assert failed.returncode == 2
     assert failed.stderr.startswith(f"error: {bad}: not what bench.py --json writes")
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_a_decoding_figure_is_the_median_pass_with_the_highest_peak(bench):
+    passes = [decoding(300.0, 10.0), decoding(250.0, 10.0), decoding(400.0, 10.0)]
+    passes[2]["peak_rss_mib"] = 450.0
+    figure = bench.median_pass(passes)
+    assert figure["sent_per_s"] == 300.0 and figure["out_tok_s"] == 3000.0
+    assert figure["peak_rss_mib"] == 450.0 and figure["passes"] == [300.0, 250.0, 400.0]
+    assert bench.median_pass(passes[:2])["sent_per_s"] == 250.0  # even count: the lower one
+
+
+def peer_results(sent_per_s: dict[str, list[float]]) -> dict:
+    """What the peers' parse_results.py writes, for passes of made-up speeds."""
+    train = [{"run": f"{p}_train_r1", "tgt_tok_s": 1000.0, "peak_rss_mib": 900.0,
+              "updates": 250, "tgt_tok_per_batch": 970.0} for p in ("joey", "onmt")]
+    decode = [{"run": f"decode_{name}_p{k + 1}" if len(speeds) > 1 else f"decode_{name}",
+               "sent_per_s": speed, "out_tok_s": 10 * speed, "bleu": 4.0, "peak_rss_mib": 500.0}
+              for name, speeds in sent_per_s.items() for k, speed in enumerate(speeds)]
+    return {"train": train, "decode": decode}
+
+
+def test_peer_figures_take_the_median_of_their_passes_or_the_single_run(bench):
+    passes = {f"{p}_train_r1_beam{b}": [60.0, 90.0, 70.0] for p in ("joey", "onmt")
+              for b in (1, 5)}
+    figures = bench.peer_figures(peer_results(passes))
+    assert figures["OpenNMT-py"]["beam5"]["sent_per_s"] == 70.0
+    assert figures["JoeyNMT"]["beam1"]["passes"] == [60.0, 90.0, 70.0]
+    single = bench.peer_figures(peer_results({name: [80.0] for name in passes}))
+    assert single["JoeyNMT"]["beam1"]["sent_per_s"] == 80.0
+
+
+def test_decoding_passes_rotate_the_order_and_give_medians(bench, monkeypatch, tmp_path):
+    calls = []
+    drift = {"_p1": 0.0, "_p2": 50.0, "_p3": -20.0}
+
+    def s2s_decode(checkpoint, data, runs, beam, int8=False, tag=""):
+        calls.append(("s2s", beam, int8, tag))
+        return decoding(300.0 / beam * (2 if int8 else 1) + drift[tag], 10.0)
+
+    def decode_peer(peers, runs, label, beam, tag):
+        calls.append((label, beam, tag))
+
+    monkeypatch.setattr(bench, "s2s_decode", s2s_decode)
+    monkeypatch.setattr(bench, "decode_peer", decode_peer)
+    monkeypatch.setattr(bench, "parse_peers", lambda peers, runs: "parsed")
+    monkeypatch.setattr(bench, "peer_figures", lambda results: {"parsed": results})
+    args = SimpleNamespace(passes=3, peers_dir=tmp_path, data=tmp_path)
+    s2s, peers = bench.decode_all(args, tmp_path, "last.pt", ["JoeyNMT", "OpenNMT-py"])
+    firsts = [call[0] for i, call in enumerate(calls)
+              if i == 0 or calls[i - 1][1] != call[1] or calls[i - 1][-1] != call[-1]]
+    assert firsts == ["s2s", "s2s", "JoeyNMT", "JoeyNMT", "OpenNMT-py", "OpenNMT-py"]
+    assert {call[-1] for call in calls} == {"_p1", "_p2", "_p3"}
+    assert s2s["beam1"]["passes"] == [300.0, 350.0, 280.0]
+    assert s2s["beam1"]["sent_per_s"] == 300.0 and s2s["beam1_int8"]["sent_per_s"] == 600.0
+    assert s2s["beam5"]["sent_per_s"] == 60.0
+    assert peers == {"parsed": "parsed"}
