@@ -11,10 +11,11 @@ W_o ``[V, D]``, b_o ``[V]`` the output layer and y ``[N]`` the gold tokens:
 arithmetic, so this is where the training step's time goes, and three things make it cheaper
 than ``nn.Linear`` followed by ``F.cross_entropy``:
 
-- On the CPU, W_o is padded with zero rows to a multiple of 8, so the logits' rows are
-  8-float aligned: MKL's x·Wᵀ runs at ≈ 105 GFLOP/s into a [1100, 8001] result and ≈ 138
-  into [1100, 8008] (``scripts/bench_kernels.py``, docs/benchmarks.md). The padded columns are
-  sliced off before anything reads them.
+- On the CPU its three products (logits, ∂ṽ, ∂W_o) run on oneDNN (:mod:`s2s.products`:
+  1.2–1.5× MKL's on the benchmark hosts). Without oneDNN, W_o is padded with zero rows to a
+  multiple of 8, so the logits' rows are 8-float aligned: MKL's x·Wᵀ runs at ≈ 105 GFLOP/s
+  into a [1100, 8001] result and ≈ 138 into [1100, 8008] (``scripts/bench_kernels.py``,
+  docs/benchmarks.md); the padded columns are sliced off before anything reads them.
 - logsumexp runs over blocks of 64 rows, whose temporaries stay in cache (2.4× faster on a
   [1100, 8001] batch than over the whole matrix).
 - The gradient is written over the logits in one pass: neither log-probabilities nor a
@@ -28,6 +29,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from s2s.products import linear, on_onednn, times, transposed_times
 
 _ROW_BLOCK = 64  # rows of logits per logsumexp call
 _ALIGN = 8       # floats: the logits' row length is padded to a multiple of this on the CPU
@@ -49,6 +52,17 @@ def _aligned(weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Optional[T
     return padded, bias
 
 
+def _logits(vectors: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """ṽ W_oᵀ + b_o ``[N, V]``: oneDNN's product where there is one (:mod:`s2s.products`),
+    else MKL's over the aligned weight."""
+    if on_onednn(vectors):
+        return linear(vectors, weight, bias)
+    vocab = weight.size(0)
+    padded_weight, padded_bias = _aligned(weight, bias)
+    return (vectors @ padded_weight.t() if padded_bias is None
+            else torch.addmm(padded_bias, vectors, padded_weight.t()))[:, :vocab]
+
+
 def _logsumexp_rows(logits: Tensor) -> Tensor:
     """lse over the last dimension of ``[N, V]``, in row blocks → ``[N]``."""
     return torch.cat([torch.logsumexp(rows, dim=-1) for rows in logits.split(_ROW_BLOCK)])
@@ -62,10 +76,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, vectors: Tensor, weight: Tensor, bias: Optional[Tensor], gold: Tensor,
                 smoothing: float) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        vocab = weight.size(0)
-        padded_weight, padded_bias = _aligned(weight, bias)
-        logits = (vectors @ padded_weight.t() if padded_bias is None
-                  else torch.addmm(padded_bias, vectors, padded_weight.t()))[:, :vocab]
+        logits = _logits(vectors, weight, bias)
         lse = _logsumexp_rows(logits)
         gold_logits = logits.gather(1, gold.unsqueeze(1)).squeeze(1)
         nll = (lse - gold_logits).sum()
@@ -95,8 +106,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if eps > 0:
             grad_logits.sub_(grad * eps / logits.size(1))
         needs = ctx.needs_input_grad
-        return (grad_logits @ weight if needs[0] else None,
-                grad_logits.t() @ vectors if needs[1] else None,
+        return (times(grad_logits, weight) if needs[0] else None,
+                transposed_times(grad_logits, vectors) if needs[1] else None,
                 grad_logits.sum(dim=0) if needs[2] else None, None, None)
 
 

@@ -22,21 +22,19 @@ from torch import Tensor, nn
 
 from s2s.decoder import Decoder, DecoderState, FoldedMemory, Memory
 from s2s.model import Seq2Seq
-from s2s.recurrent import step_product
+from s2s.products import onednn_available, onednn_linear
 
 ROWS_HINT = 64  # oneDNN picks its blocking for about this many rows
 
 
 def prepack_available() -> bool:
     """Whether this torch build has oneDNN's prepacked linear on the CPU."""
-    ops = getattr(torch.ops, "mkldnn", None)
-    return (torch.backends.mkldnn.is_available() and ops is not None
-            and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
+    return onednn_available()
 
 
 def _packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor]) -> Tensor:
     """x ``[N, in]`` Wᵀ + b → ``[N, out]`` with W from :func:`_pack`."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return onednn_linear(x, packed, bias)
 
 
 def _pack(weight: Tensor) -> Tensor:
@@ -92,9 +90,10 @@ class PrepackedLSTM(nn.Module):
         c(t) = σ(f) ⊙ c(t-1) + σ(i) ⊙ tanh(g)                    three sigmoid gates are one
         h(t) = σ(o) ⊙ tanh(c(t))                                 contiguous block)
 
-    The product is a :func:`~s2s.recurrent.step_product` (MKL beats oneDNN here at beam
-    sizes; ``scripts/bench_kernels.py``). Longer inputs, training mode and gradients go to the
-    wrapped LSTM.
+    The product is oneDNN's, with the joined weight prepacked like :class:`PrepackedLinear`'s:
+    on the AVX-512 hosts of December 2026 it ran the step 1.4× faster than MKL at 64 rows and
+    5× at a few rows, where a greedy batch's last steps are (docs/benchmarks.md, "Eighth
+    round"). Longer inputs, training mode and gradients go to the wrapped LSTM.
     """
 
     def __init__(self, lstm: nn.LSTM) -> None:
@@ -107,8 +106,9 @@ class PrepackedLSTM(nn.Module):
 
     def joined_layer(self, layer: int, input_columns: Optional[slice] = None) -> tuple[Tensor,
                                                                                         Tensor]:
-        """Layer ``layer``'s [W_ih W_hh] ``[4H, I + H]`` and b_ih + b_hh ``[4H]``, gates in
-        i f o g order; ``input_columns``: only these columns of W_ih."""
+        """Layer ``layer``'s [W_ih W_hh] ``[4H, I + H]``, prepacked (:func:`_pack`), and
+        b_ih + b_hh ``[4H]``, gates in i f o g order; ``input_columns``: only these columns of
+        W_ih."""
         lstm = self.lstm
         order = _gate_order(lstm.hidden_size)
         input_weight = getattr(lstm, f"weight_ih_l{layer}").detach()
@@ -116,7 +116,7 @@ class PrepackedLSTM(nn.Module):
             input_weight = input_weight[:, input_columns]
         weight = torch.cat([input_weight, getattr(lstm, f"weight_hh_l{layer}").detach()], dim=1)
         bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-        return weight[order].contiguous(), bias.detach()[order].contiguous()
+        return _pack(weight[order]), bias.detach()[order].contiguous()
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor,
                                                                         tuple[Tensor, Tensor]]:
@@ -140,7 +140,7 @@ class PrepackedLSTM(nn.Module):
         layer_input = x
         hiddens, cells = [], []
         for layer, (weight, bias) in enumerate(layers):
-            gates = step_product(torch.cat([layer_input, hidden[layer]], dim=1), weight, bias)
+            gates = _packed_linear(torch.cat([layer_input, hidden[layer]], dim=1), weight, bias)
             if layer == 0 and first_gates is not None:
                 gates += first_gates
             gates[:, :3 * size].sigmoid_()

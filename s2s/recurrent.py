@@ -38,17 +38,20 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from s2s.products import linear, on_onednn, transposed_times
+
 
 def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """x·Wᵀ (+ b) ``[B, out]`` for the few rows of one step, x ``[B, in]``, W ``[out, in]``.
 
-    On the CPU this is computed as (W·xᵀ)ᵀ with B padded to a multiple of 8: MKL runs that
-    orientation 20–35% faster than torch's x·Wᵀ when B is such a multiple, and up to 15%
-    slower when it is not (``scripts/bench_kernels.py``, docs/benchmarks.md). The result is a
-    column-major view, which element-wise operations and later products take as they are.
+    On the CPU in float32 this is oneDNN's linear (:mod:`s2s.products`: 1.2–1.4× MKL's product
+    at 24–88 rows, 2–3× at 8). Otherwise on the CPU (float64, a build without oneDNN) it is
+    computed as (W·xᵀ)ᵀ with B padded to a multiple of 8, the orientation MKL runs fastest
+    (``scripts/bench_kernels.py``); the result is then a column-major view, which element-wise
+    operations and later products take as they are.
     """
-    if x.device.type != "cpu":
-        return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+    if x.device.type != "cpu" or on_onednn(x):
+        return linear(x, weight, bias)
     rows = x.size(0)
     extra = padded_rows(rows, x.device) - rows
     if extra:
@@ -155,8 +158,9 @@ class _AttentiveLSTM(torch.autograd.Function):
             grad_state = (grad_input[:, context_size:]
                           + step_product(grad_projected[t], query_t)[:batch])
         flat_inputs = inputs.view(-1, inputs.size(2))
-        grad_recurrent = grad_gates.view(-1, gate_size).t() @ flat_inputs
-        grad_query = grad_projected.view(-1, attention).t() @ flat_inputs[:, context_size:]
+        grad_recurrent = transposed_times(grad_gates.view(-1, gate_size), flat_inputs)
+        grad_query = transposed_times(grad_projected.view(-1, attention),
+                                      flat_inputs[:, context_size:])
         grad_keys.mul_(4.0 * energy_weight)  # see _attend_backward
         grad_values = torch.bmm(weights.permute(1, 2, 0), grad_context.transpose(0, 1))
         return (grad_gates[:, :batch].transpose(0, 1), grad_state, grad_cell, grad_keys,

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from s2s.loss import linear_cross_entropy
+from tests.test_products import kernel  # noqa: F401  (fixture: oneDNN and plain products)
 
 
 def _inputs(vocab: int, bias: bool, seed: int = 0):
@@ -19,7 +20,7 @@ def _inputs(vocab: int, bias: bool, seed: int = 0):
 @pytest.mark.parametrize("vocab", [37, 40, 8001])  # padded to 40 / already aligned / real size
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("bias", [True, False])
-def test_matches_linear_then_cross_entropy(vocab, smoothing, bias):
+def test_matches_linear_then_cross_entropy(vocab, smoothing, bias, kernel):
     vectors, weight, offset, gold = _inputs(vocab, bias)
     loss, nll, correct = linear_cross_entropy(vectors, weight, offset, gold, smoothing)
     loss.backward()
@@ -39,7 +40,7 @@ def test_matches_linear_then_cross_entropy(vocab, smoothing, bias):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_padding_columns_never_leak_into_the_loss():
+def test_padding_columns_never_leak_into_the_loss(kernel):
     # with V = 37 the weight is padded to 40 rows, 3 of them zero: their zero logits would add 3·e⁰ to
     # every softmax denominator if they were not sliced off, which dominates here because
     # every real logit is far below 0

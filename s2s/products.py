@@ -1,0 +1,58 @@
+"""Matrix products on the CPU through oneDNN, where torch's own go to MKL.
+
+On the AVX-512 AMD hosts these benchmarks ran on in December 2026, MKL's sgemm (torch's
+``mm``/``addmm``/``linear``) reached 100–150 GFLOP/s on the model's products and oneDNN's
+linear 135–200, on every shape the model multiplies (docs/benchmarks.md, "Eighth round";
+``scripts/bench_kernels.py``). oneDNN's only entry point in torch is its linear, y = x Wᵀ + b,
+so each product here is written as one, with the operands in the orientation oneDNN runs
+fastest. Elsewhere (a GPU, float64, a build without oneDNN) they are torch's plain products;
+the results agree to float rounding either way.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's linear (and its weight prepacking) on the CPU."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    return (torch.backends.mkldnn.is_available() and ops is not None
+            and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
+
+
+_ONEDNN = onednn_available()
+
+
+def on_onednn(x: Tensor) -> bool:
+    """Whether products with ``x`` go to oneDNN: a float32 CPU tensor, oneDNN present."""
+    return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x Wᵀ + b ``[N, out]`` by oneDNN, x ``[N, in]``, W ``[out, in]`` (plain or a view; no
+    autograd)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x Wᵀ + b ``[N, out]`` from x ``[N, in]``, W ``[out, in]``, b ``[out]`` (no autograd)."""
+    if on_onednn(x):
+        return onednn_linear(x, weight, bias)
+    return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+
+
+def times(a: Tensor, b: Tensor) -> Tensor:
+    """a·b ``[M, N]`` from a ``[M, K]``, b ``[K, N]`` (no autograd): the linear a (bᵀ)ᵀ."""
+    return onednn_linear(a, b.t()) if on_onednn(a) else a @ b
+
+
+def transposed_times(a: Tensor, b: Tensor) -> Tensor:
+    """aᵀ·b ``[M, N]`` from a ``[K, M]``, b ``[K, N]`` — a weight's gradient summed over K rows
+    (no autograd). On oneDNN as (bᵀ a)ᵀ: with aᵀ as the input it ran at half the speed."""
+    if on_onednn(a):
+        return onednn_linear(b.t(), a.t()).t()
+    return a.t() @ b

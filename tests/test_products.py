@@ -1,0 +1,46 @@
+"""s2s.products: oneDNN's products equal torch's, on views too, and the plain fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import s2s.products as products
+from s2s.products import linear, onednn_available, times, transposed_times
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch build lacks oneDNN")
+
+
+@pytest.fixture(params=["onednn", "plain"])
+def kernel(request, monkeypatch):
+    """Run a test with the products on oneDNN (where the build has it) and on torch's own."""
+    if request.param == "onednn" and not onednn_available():
+        pytest.skip("torch build lacks oneDNN")
+    monkeypatch.setattr(products, "_ONEDNN", request.param == "onednn")
+    return request.param
+
+
+def test_products_equal_torch_s_on_views_and_with_bias(kernel):
+    gen = torch.Generator().manual_seed(0)
+    buffer = torch.randn(37, 40, generator=gen)
+    x = buffer[:, 8:]                                   # rows with a stride: a column slice
+    weight = torch.randn(24, 32, generator=gen)
+    bias = torch.randn(24, generator=gen)
+    torch.testing.assert_close(linear(x, weight, bias), x @ weight.t() + bias)
+    torch.testing.assert_close(linear(x, weight), x @ weight.t())
+    other = torch.randn(24, 32, generator=gen).t()      # [32, 24], a transposed view
+    torch.testing.assert_close(times(x, other), x @ other)
+    grad = torch.randn(37, 24, generator=gen)
+    torch.testing.assert_close(transposed_times(grad, x), grad.t() @ x)
+
+
+@needs_onednn
+def test_only_float32_cpu_tensors_go_to_onednn():
+    assert products.on_onednn(torch.ones(2, 2))
+    assert not products.on_onednn(torch.ones(2, 2, dtype=torch.float64))
+    x, w = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(linear(x, w), x @ w.t())  # oneDNN refuses float64
+
+
+def test_an_empty_batch_gives_an_empty_product(kernel):
+    assert linear(torch.randn(0, 6), torch.randn(3, 6)).shape == (0, 3)
