@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2s.attention import Attention, BahdanauAttention
@@ -40,9 +41,32 @@ class Memory(NamedTuple):
     values: Tensor
     mask: Tensor
 
-    def select(self, index: Tensor) -> "Memory":
-        """Rows ``index [B']`` of the batch (beam expansion and reordering)."""
-        return type(self)(*(t.index_select(0, index) for t in self))
+    def select(self, index: Tensor, source_length: Optional[int] = None) -> "Memory":
+        """Rows ``index [B']`` of the batch (beam expansion and reordering); with
+        ``source_length``, only the first that many source positions (those sentences' longest,
+        when the longer ones have left)."""
+        memory = self if source_length is None else self.narrow_source(source_length)
+        return type(self)(*(t.index_select(0, index) for t in memory))
+
+    def narrow_source(self, length: int) -> "Memory":
+        """The first ``length`` source positions (keys and values along their second-to-last
+        axis, the mask along its last; views)."""
+        return type(self)(self.keys.narrow(-2, 0, length), self.values.narrow(-2, 0, length),
+                          self.mask[:, :length])
+
+    def join(self, other: "Memory") -> "Memory":
+        """This memory's sentences, then ``other``'s, both padded to the longer source with
+        masked positions (sentences joining a batch being decoded)."""
+        length = max(self.mask.size(1), other.mask.size(1))
+        return type(self)(*(torch.cat(pair) for pair in zip(self._padded(length),
+                                                            other._padded(length))))
+
+    def _padded(self, length: int) -> "Memory":
+        extra = length - self.mask.size(1)
+        if not extra:
+            return self
+        return type(self)(F.pad(self.keys, (0, 0, 0, extra)), F.pad(self.values, (0, 0, 0, extra)),
+                          F.pad(self.mask, (0, extra), value=False))
 
 
 class FoldedMemory(Memory):
@@ -65,6 +89,12 @@ class DecoderState(NamedTuple):
     def select(self, index: Tensor) -> "DecoderState":
         return DecoderState(self.hidden.index_select(1, index), self.cell.index_select(1, index),
                             self.feed.index_select(0, index))
+
+    def join(self, other: "DecoderState") -> "DecoderState":
+        """This state's rows, then ``other``'s."""
+        return DecoderState(torch.cat([self.hidden, other.hidden], dim=1),
+                            torch.cat([self.cell, other.cell], dim=1),
+                            torch.cat([self.feed, other.feed]))
 
 
 class Decoder(nn.Module):

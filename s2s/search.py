@@ -2,9 +2,11 @@
 
 A searcher only needs ``model.encode(src, lengths, rows_per_sentence) -> (memory, state)`` and
 ``model.step(prev_tokens [B], state, memory, rows_per_sentence) -> (log_probs [B, V], state,
-weights [B, S])``; ``memory.select`` / ``state.select`` pick and reorder sentences and rows.
-Beam search keeps one memory row per sentence: its K beams are K consecutive state rows that
-attend to it as K queries (``rows_per_sentence = K``).
+weights [B, S])``; ``memory.select`` / ``state.select`` pick and reorder sentences and rows,
+``memory.join`` / ``state.join`` append newly encoded ones. Beam search keeps one memory row
+per sentence: its K beams are K consecutive state rows that attend to it as K queries
+(``rows_per_sentence = K``). Greedy search streams sentences through a batch that new ones
+join as others finish (:func:`greedy_stream`).
 
 Neither search ever emits padding or BOS. A hypothesis ends with EOS or at its sentence's
 length limit; its score is the sum of its tokens' log-probabilities (EOS included when emitted),
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from s2s.batching import collate, sentence_batches
+from s2s.decoder import DecoderState, Memory
 from s2s.model import Seq2Seq
 
 T = TypeVar("T")
@@ -39,41 +42,135 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths:
                   alpha: float = 0.0, keep_attention: bool = False) -> list[Hypothesis]:
     """Argmax decoding for a batch: one :class:`Hypothesis` per sentence. Sentences that have
     finished (EOS or length limit) leave the batch, so they cost nothing further."""
-    special, device = model.special, src.device
-    memory, state = model.encode(src, src_lengths)
-    total = src.size(0)
-    active = torch.arange(total, device=device)  # original index of each live sentence
-    prev = torch.full((total,), special.bos, dtype=torch.long, device=device)
-    log_prob = torch.zeros(total, device=device)
-    limits = max_lengths.to(device)
-    tokens: list[list[int]] = [[] for _ in range(total)]
-    weights: list[list[Tensor]] = [[] for _ in range(total)]
-    scores = [0.0] * total
-    ended_with_eos = [False] * total
-    for t in range(int(limits.max())):
-        log_probs, state, alpha_t = model.step(prev, state, memory)
+    batches = iter([((src, src_lengths, max_lengths.to(src.device)), list(range(src.size(0))))])
+    found = _greedy(model, lambda _: next(batches, None), 0, alpha, keep_attention)
+    return [found[i] for i in range(src.size(0))]
+
+
+Admission = tuple[Tensor, Tensor, Tensor]  # src [B, S], src_lengths [B], max_lengths [B]
+REFILL_DIVISOR = 4  # greedy_stream admits sentences once 1/4 of its rows are free (1/2, 1/8:
+                    # the same speed within noise, docs/benchmarks.md)
+
+
+@torch.no_grad()
+def greedy_stream(model: Seq2Seq, sources: Sequence[Sequence[int]], batch_size: int,
+                  max_output_length: int, max_output_ratio: float, device: torch.device | str,
+                  alpha: float = 0.0, keep_attention: bool = False) -> list[Hypothesis]:
+    """Greedy search over ``sources``, in their order, with up to ``batch_size`` sentences
+    decoded at once: as sentences finish, the next ones join the batch, a quarter of it at a
+    time. One :class:`Hypothesis` per source, in input order.
+
+    Against fixed batches this keeps the decoder's products at full width: a fixed batch runs
+    its last steps for its few longest outputs, and on the CPU a step over a few rows costs
+    about as much as one over dozens (it reads every weight once; docs/benchmarks.md, "Eighth
+    round"). The hypotheses are those of :func:`greedy_search`.
+    """
+    queue = list(range(len(sources)))[::-1]  # popped from the end: the given order
+
+    def admit(free: int) -> Optional[tuple[Admission, list[int]]]:
+        if not queue:
+            return None
+        ids = [queue.pop() for _ in range(min(free, len(queue)))]
+        batch = collate([sources[i] for i in ids], None, ids).to(device)
+        limits = max_output_lengths(batch.src_lengths, max_output_length, max_output_ratio)
+        return (batch.src, batch.src_lengths, limits), ids
+
+    found = _greedy(model, admit, batch_size, alpha, keep_attention)
+    return [found[i] for i in range(len(sources))]
+
+
+@dataclass
+class _GreedyRows:
+    """The sentences greedy search is decoding, one row each: the decoder's memory and state,
+    the last token, summed log-probability, tokens so far and length limit of each row, its
+    sentence's id and source length."""
+
+    memory: Memory
+    state: DecoderState
+    prev: Tensor
+    log_prob: Tensor
+    steps: Tensor
+    limits: Tensor
+    ids: list[int]
+    src_lengths: Tensor
+
+    def select(self, index: Tensor) -> "_GreedyRows":
+        """Rows ``index``, the memory cut to their longest source."""
+        lengths = self.src_lengths.index_select(0, index)
+        return _GreedyRows(self.memory.select(index, int(lengths.max())),
+                           self.state.select(index), self.prev.index_select(0, index),
+                           self.log_prob.index_select(0, index),
+                           self.steps.index_select(0, index), self.limits.index_select(0, index),
+                           [self.ids[i] for i in index.tolist()], lengths)
+
+    def join(self, other: "_GreedyRows") -> "_GreedyRows":
+        """These rows, then ``other``'s (sentences joining the batch)."""
+        def cat(mine: Tensor, theirs: Tensor) -> Tensor:
+            return torch.cat([mine, theirs])
+
+        return _GreedyRows(self.memory.join(other.memory), self.state.join(other.state),
+                           cat(self.prev, other.prev), cat(self.log_prob, other.log_prob),
+                           cat(self.steps, other.steps), cat(self.limits, other.limits),
+                           self.ids + other.ids, cat(self.src_lengths, other.src_lengths))
+
+
+def _greedy(model: Seq2Seq, admit: Callable[[int], Optional[tuple[Admission, list[int]]]],
+            capacity: int, alpha: float, keep_attention: bool) -> dict[int, Hypothesis]:
+    """The greedy loop: {sentence id: hypothesis} for every sentence ``admit`` hands out.
+
+    ``admit(free)`` returns up to ``free`` more sentences (``(src, src_lengths, max_lengths)``
+    and their ids) or None when there are no more. It is asked first for ``capacity`` and then,
+    whenever at least a quarter of ``capacity`` rows are free, for that many (``capacity`` 0:
+    only when no row is left, as for one batch).
+    """
+    special = model.special
+    rows: Optional[_GreedyRows] = None
+    tokens: dict[int, list[int]] = {}
+    weights: dict[int, list[Tensor]] = {}
+    found: dict[int, Hypothesis] = {}
+    refill_at = max(1, capacity // REFILL_DIVISOR)
+    while True:
+        free = capacity - (len(rows.ids) if rows is not None else 0)
+        if rows is None or (capacity and free >= refill_at):
+            admitted = admit(free)
+            if admitted is not None:
+                new = _start_rows(model, *admitted)
+                rows = new if rows is None else rows.join(new)
+                tokens.update((b, []) for b in new.ids)
+                weights.update((b, []) for b in new.ids)
+        if rows is None:
+            return found
+        log_probs, state, alpha_t = model.step(rows.prev, rows.state, rows.memory)
         best, prev = _forbid_specials(log_probs, special).max(dim=-1)
-        log_prob += best
+        rows.state, rows.prev, rows.steps = state, prev, rows.steps + 1
+        rows.log_prob += best
         is_eos = prev == special.eos
-        done = is_eos | (limits <= t + 1)
-        for b, token in zip(active.tolist(), prev.tolist()):
+        done = is_eos | (rows.limits <= rows.steps)
+        for b, token in zip(rows.ids, prev.tolist()):
             tokens[b].append(token)
         if keep_attention:
-            for i, b in enumerate(active.tolist()):
-                weights[b].append(alpha_t[i])
+            for i, (b, length) in enumerate(zip(rows.ids, rows.src_lengths.tolist())):
+                weights[b].append(alpha_t[i, :length])
         for i in done.nonzero().squeeze(1).tolist():
-            b = int(active[i])
-            scores[b], ended_with_eos[b] = float(log_prob[i]), bool(is_eos[i])
+            b, eos = rows.ids[i], bool(is_eos[i])
+            found[b] = _hypothesis(tokens[b][:-1] if eos else tokens[b], float(rows.log_prob[i]),
+                                   alpha, torch.stack(weights[b]) if keep_attention else None,
+                                   eos)
         if bool(done.all()):
-            break
-        if bool(done.any()):
-            live = (~done).nonzero().squeeze(1)
-            memory, state = memory.select(live), state.select(live)
-            prev, log_prob = prev.index_select(0, live), log_prob.index_select(0, live)
-            active, limits = active.index_select(0, live), limits.index_select(0, live)
-    return [_hypothesis(tokens[b][:-1] if ended_with_eos[b] else tokens[b], scores[b], alpha,
-                        torch.stack(weights[b]) if keep_attention else None, ended_with_eos[b])
-            for b in range(total)]
+            rows = None
+        elif bool(done.any()):
+            rows = rows.select((~done).nonzero().squeeze(1))
+
+
+def _start_rows(model: Seq2Seq, admission: Admission, ids: list[int]) -> _GreedyRows:
+    """Encode admitted sentences: their rows, before their first step."""
+    src, src_lengths, limits = admission
+    memory, state = model.encode(src, src_lengths)
+    device = src.device
+    return _GreedyRows(memory, state, torch.full((len(ids),), model.special.bos, device=device),
+                       torch.zeros(len(ids), device=device),
+                       torch.zeros(len(ids), dtype=torch.long, device=device), limits, list(ids),
+                       src_lengths.to(device))
 
 
 def _forbid_specials(log_probs: Tensor, special) -> Tensor:
@@ -287,39 +384,48 @@ def search(model: Seq2Seq, sources: Sequence[Sequence[int]], batch_size: int,
            beam_size: int = 1, alpha: float = 0.0, n_best: int = 1,
            keep_attention: bool = False, workers: int = 1) -> list[list[Hypothesis]]:
     """n-best hypotheses for each id sequence (greedy when ``beam_size`` is 1 and one is
-    asked for), batched by length and returned in input order.
+    asked for), returned in input order. Beam search decodes batches of ``batch_size``
+    sentences of similar length; greedy search streams the sentences, longest first, through
+    :func:`greedy_stream` with up to ``batch_size`` of them at once.
 
-    ``workers`` > 1 (CPU only; 0 = :func:`decoding_workers`' choice): that many batches are
-    decoded at once, each in its own thread with its share of torch's threads. One thread per
-    batch beats two threads per product, and one batch's element-wise work and Python
-    bookkeeping overlap the other's products (on 2 cores greedy 1.17–1.28×, beam 5 ≈ 1.2×;
-    docs/benchmarks.md). The hypotheses are the same; scores agree to float rounding.
+    ``workers`` > 1 (CPU only; 0 = :func:`decoding_workers`' choice): that many batches (or
+    greedy streams, the sentences dealt out in turn) are decoded at once, each in its own
+    thread with its share of torch's threads. One thread per batch beats two threads per
+    product, and one batch's element-wise work and Python bookkeeping overlap the other's
+    products (on 2 cores greedy 1.17–1.28×, beam 5 ≈ 1.2×; docs/benchmarks.md). The
+    hypotheses are the same; scores agree to float rounding.
     """
     was_training = model.training
     model.eval()
-    batches = sentence_batches([len(s) for s in sources], batch_size)
-    workers = min(decoding_workers(workers, device), len(batches))
+    greedy = beam_size == 1 and n_best == 1
+    workers = decoding_workers(workers, device)
+    if greedy:  # one stream of sentences per worker, longest first, dealt out in turn
+        longest_first = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+        units = [longest_first[w::workers] for w in range(workers)]
+    else:  # batches, longest first: the last to start are the quickest
+        units = sentence_batches([len(s) for s in sources], batch_size)[::-1]
+    units = [unit for unit in units if unit]
 
     def decode(indices: list[int]) -> list[list[Hypothesis]]:
+        if greedy:
+            return [[h] for h in greedy_stream(model, [sources[i] for i in indices], batch_size,
+                                               max_output_length, max_output_ratio, device,
+                                               alpha, keep_attention)]
         batch = collate([sources[i] for i in indices], None, indices).to(device)
         limits = max_output_lengths(batch.src_lengths, max_output_length, max_output_ratio)
-        if beam_size == 1 and n_best == 1:
-            return [[h] for h in greedy_search(model, batch.src, batch.src_lengths, limits,
-                                               alpha, keep_attention)]
         return beam_search(model, batch.src, batch.src_lengths, limits, beam_size, alpha,
                            n_best, keep_attention)
 
     try:
-        if workers > 1:
-            batches.reverse()  # longest first: the last batches to start are the quickest
-            results = _in_threads(decode, batches, workers)
+        if min(workers, len(units)) > 1:
+            results = _in_threads(decode, units, min(workers, len(units)))
         else:
-            results = [decode(indices) for indices in batches]
+            results = [decode(indices) for indices in units]
     finally:
         model.train(was_training)
     outputs: list[list[Hypothesis]] = [[] for _ in sources]
-    for indices, batch_results in zip(batches, results):
-        for index, hyps in zip(indices, batch_results):
+    for indices, unit_results in zip(units, results):
+        for index, hyps in zip(indices, unit_results):
             outputs[index] = hyps
     return outputs
 

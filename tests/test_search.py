@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from s2s.batching import collate
-from s2s.search import (_top_extensions_plain, beam_search, greedy_search, length_penalty,
+from s2s.search import (_top_extensions_plain, beam_search, greedy_search, greedy_stream,
+                        length_penalty, max_output_lengths,
                         search, top_extensions)
 from s2s.tokenizer import SPECIAL
 from tests.conftest import ATTENTION_NAMES, tiny_model
@@ -249,3 +250,54 @@ def test_beam_search_by_vocabulary_blocks_equals_plain_topk(monkeypatch, n_best)
     for field in ("tokens", "score"):
         assert [[getattr(h, field) for h in hyps] for hyps in by_blocks] == \
             [[getattr(h, field) for h in hyps] for hyps in plain]
+
+
+class _RowCounter(_CountingModel):
+    """Also records how many sentences each encode call admits and the widest step."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.encoded, self.widest = [], 0
+
+    def encode(self, src, *args, **options):
+        self.encoded.append(src.size(0))
+        return super().encode(src, *args, **options)
+
+    def step(self, prev, state, memory, rows_per_sentence=1):
+        self.widest = max(self.widest, prev.numel())
+        return super().step(prev, state, memory, rows_per_sentence)
+
+
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_streaming_sentences_through_the_batch_finds_the_batch_hypotheses(name, input_feeding):
+    model = tiny_model(name, input_feeding=input_feeding, seed=7).eval()
+    sources = sorted(MANY_SOURCES, key=len, reverse=True)
+    counter = _RowCounter(model)
+    streamed = greedy_stream(counter, sources, batch_size=4, max_output_length=8,
+                             max_output_ratio=2.0, device="cpu", keep_attention=True)
+    assert len(counter.encoded) > 2 and counter.widest <= 4  # sentences joined mid-way
+    for index, (source, hyp) in enumerate(zip(sources, streamed)):
+        src, lengths = encode([source])
+        limit = max_output_lengths(lengths, 8, 2.0)
+        alone = greedy_search(model, src, lengths, limit, keep_attention=True)[0]
+        assert hyp.tokens == alone.tokens, index
+        assert hyp.score == pytest.approx(alone.score, abs=1e-5)
+        torch.testing.assert_close(hyp.attention, alone.attention)  # [steps, own source]
+        assert hyp.attention.shape[1] == len(source) + 1  # with EOS
+
+
+def test_a_joined_memory_masks_its_padding_and_narrows_back():
+    model = tiny_model("bahdanau", seed=1).eval()
+    long_src, long_lengths = encode([[5, 6, 7, 8, 9]])
+    short_src, short_lengths = encode([[5, 6]])
+    with torch.no_grad():
+        long_memory, _ = model.encode(long_src, long_lengths)
+        short_memory, _ = model.encode(short_src, short_lengths)
+    joined = long_memory.join(short_memory)  # sources of 6 and 3 with EOS
+    assert joined.keys.shape[:2] == (2, 6) and joined.mask.tolist() == [[True] * 6,
+                                                                        [True] * 3 + [False] * 3]
+    torch.testing.assert_close(joined.keys[1, 3:], torch.zeros(3, joined.keys.size(2)))
+    narrowed = joined.select(torch.tensor([1]), source_length=3)
+    for got, want in zip(narrowed, short_memory):
+        torch.testing.assert_close(got, want)
