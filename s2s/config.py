@@ -168,8 +168,9 @@ class EvaluationConfig:
     batch_size: int = _num(64, 1)
     max_output_length: int = _num(100, 1)
     max_output_ratio: float = _num(2.0, 0.0, lo_open=True)
-    workers: int = _num(0, 0, doc="CPU: batches decoded at once, each in its own thread; "
-                                  "0 = one per torch thread (at most 4)")
+    workers: int = _num(0, 0, doc="CPU: batches (beam) or sentence streams (greedy) decoded "
+                                  "at once, each in its own thread; 0 = one per torch thread "
+                                  "(at most 4)")
 
 
 @dataclass

@@ -28,8 +28,10 @@ _ONEDNN = onednn_available()
 
 
 def on_onednn(x: Tensor) -> bool:
-    """Whether products with ``x`` go to oneDNN: a float32 CPU tensor, oneDNN present."""
-    return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
+    """Whether products with ``x`` go to oneDNN: a float32 CPU tensor, oneDNN present and
+    enabled (``torch.backends.mkldnn.flags(enabled=False)`` turns it off)."""
+    return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch.backends.mkldnn.enabled)
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:

@@ -21,8 +21,8 @@ the forward loop with no graph and its backward — backpropagation through time
 - tanh(z) kept as σ(2z), from which both wᵀtanh(z) = 2wᵀσ(2z) − Σw and
   1 − tanh²(z) = 4σ(2z)(1 − σ(2z)) follow, so the [B, S, A] energies take three passes forward
   and four backward, in place;
-- each step's inputs x(t) = [m ⊙ a(t); s(t-1)] written into one buffer whose rows are padded
-  to a multiple of 8, the layout :func:`step_product` wants, with no per-step concatenation.
+- each step's inputs x(t) = [m ⊙ a(t); s(t-1)] written into one buffer (its rows padded to a
+  multiple of 8 where :func:`step_product` runs on MKL), with no per-step concatenation.
 
 The encoder's LSTM over packed sentences is the same idea without attention: ``nn.LSTM`` on the
 CPU projects each step's inputs separately and leaves a per-step graph for autograd;
@@ -53,7 +53,7 @@ def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Te
     if x.device.type != "cpu" or on_onednn(x):
         return linear(x, weight, bias)
     rows = x.size(0)
-    extra = padded_rows(rows, x.device) - rows
+    extra = padded_rows(rows, x) - rows
     if extra:
         x = torch.cat([x, x.new_zeros(extra, x.size(1))])
     product = (torch.mm(weight, x.t()) if bias is None
@@ -61,9 +61,10 @@ def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Te
     return product.t()[:rows]
 
 
-def padded_rows(rows: int, device: torch.device) -> int:
-    """``rows`` rounded up to a multiple of 8 on the CPU (see :func:`step_product`)."""
-    return rows + (-rows) % 8 if device.type == "cpu" else rows
+def padded_rows(rows: int, like: Tensor) -> int:
+    """``rows`` rounded up to a multiple of 8 where :func:`step_product` runs on MKL (the CPU
+    without oneDNN, or float64), as they are elsewhere; ``like``: a tensor of the product's."""
+    return rows + (-rows) % 8 if like.device.type == "cpu" and not on_onednn(like) else rows
 
 
 class AttentiveLSTMOutput(NamedTuple):
@@ -85,7 +86,7 @@ class _AttentiveLSTM(torch.autograd.Function):
                 context_masks: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         batch, steps, gate_size = known_gates.shape
         size, (sources, attention), context_size = gate_size // 4, keys.shape[1:], values.size(2)
-        rows = padded_rows(batch, known_gates.device)
+        rows = padded_rows(batch, known_gates)
         new = known_gates.new_empty
         inputs = known_gates.new_zeros(steps, rows, context_size + size)  # x(t), padded rows 0
         activations = new(steps, batch, gate_size)  # σ(i), σ(f), tanh(g), σ(o)
@@ -108,7 +109,7 @@ class _AttentiveLSTM(torch.autograd.Function):
                 dropped.copy_(context)
             else:
                 torch.mul(context, context_masks[t], out=dropped)
-            # known gates first: the sum is row-major like them
+            # known gates first: the sum is row-major like them (MKL's product is not)
             gates = known_gates[:, t] + step_product(step_input, recurrent_weight)[:batch]
             cell, state = _lstm_cell(gates, cell, activations_out=activations[t],
                                      cell_out=cells[t])
@@ -171,8 +172,8 @@ def _attend(projected: Tensor, doubled_keys: Tensor, values: Tensor, padding: Te
             energy_weight: Tensor, sigmoids_out: Tensor) -> tuple[Tensor, Tensor]:
     """α ``[B, S]`` and a = α·h ``[B, C]`` from W₁s ``[B, A]``, 2·W₂h ``[B, S, A]``, h, the
     padding ``[B, S]`` and w; σ(2z) ``[B, S, A]`` is written into ``sigmoids_out``."""
-    # W₁s made row-major: broadcast over S in its column-major layout, the sum would read it
-    # with a stride along A and run unvectorized (≈ 10× slower)
+    # W₁s row-major (MKL's step_product returns it column-major): broadcast over S in that
+    # layout, the sum would read it with a stride along A and run unvectorized (≈ 10× slower)
     z2 = torch.add(doubled_keys, projected.contiguous().unsqueeze(1), alpha=2.0,
                    out=sigmoids_out)
     energies = (z2.sigmoid_().view(-1, z2.size(-1)) @ energy_weight).view(padding.shape)

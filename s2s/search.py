@@ -57,8 +57,9 @@ def greedy_stream(model: Seq2Seq, sources: Sequence[Sequence[int]], batch_size: 
                   max_output_length: int, max_output_ratio: float, device: torch.device | str,
                   alpha: float = 0.0, keep_attention: bool = False) -> list[Hypothesis]:
     """Greedy search over ``sources``, in their order, with up to ``batch_size`` sentences
-    decoded at once: as sentences finish, the next ones join the batch, a quarter of it at a
-    time. One :class:`Hypothesis` per source, in input order.
+    decoded at once: as sentences finish, the next ones join the batch, as many as there are
+    free rows once at least a quarter of them are free. One :class:`Hypothesis` per source, in
+    input order.
 
     Against fixed batches this keeps the decoder's products at full width: a fixed batch runs
     its last steps for its few longest outputs, and on the CPU a step over a few rows costs
@@ -189,7 +190,7 @@ def length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
 class Hypothesis:
     """tokens: output ids without EOS; log_prob: summed token log-probabilities (EOS included
     when the hypothesis ended with it); score: log_prob / length penalty; attention
-    ``[len(tokens) (+1 with EOS), S]`` when asked for."""
+    ``[len(tokens) (+1 with EOS), source length (+1 for its EOS)]`` when asked for."""
 
     tokens: list[int]
     log_prob: float
@@ -228,13 +229,16 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_lengths: T
     kth_best = torch.full((src.size(0),), float("-inf"), device=device)  # n_best-th finished
     beam_range = torch.arange(beams, device=device)
 
+    source_lengths = src_lengths.tolist()
+
     def finish(hits: Tensor, rows: Tensor, scores: Tensor, with_eos: bool) -> None:
         """Set aside hypotheses ``hits [N, 2]`` = (live sentence, column) of ``rows``/``scores``."""
         for b, col in hits.tolist():
-            row = int(rows[b, col])
-            hyps = finished[int(active[b])]
-            hyps.append(_hypothesis(history[row].tolist(), float(scores[b, col]), alpha,
-                                    attention[row] if keep_attention else None, with_eos))
+            row, sentence = int(rows[b, col]), int(active[b])
+            hyps = finished[sentence]
+            weights = attention[row, :, :source_lengths[sentence]] if keep_attention else None
+            hyps.append(_hypothesis(history[row].tolist(), float(scores[b, col]), alpha, weights,
+                                    with_eos))
             if len(hyps) >= n_best:
                 kth_best[b] = sorted((h.score for h in hyps), reverse=True)[n_best - 1]
 
@@ -363,8 +367,9 @@ MAX_AUTO_WORKERS = 4  # a cap, not a measurement (2 cores only so far): the thre
 
 
 def decoding_workers(requested: int, device: torch.device | str) -> int:
-    """How many batches :func:`search` decodes at once: ``requested``, or for 0 ("auto") one
-    per torch thread on the CPU (at most :data:`MAX_AUTO_WORKERS`); always 1 on a GPU.
+    """How many batches (beam search) or streams of sentences (greedy search) :func:`search`
+    decodes at once: ``requested``, or for 0 ("auto") one per torch thread on the CPU (at most
+    :data:`MAX_AUTO_WORKERS`); always 1 on a GPU.
 
     On 2 cores two workers decode greedy search 1.17–1.28× and beam 5 ≈ 1.2× faster than one
     batch on both threads. Their extra peak memory is ≈ 20 MB in a process set up by

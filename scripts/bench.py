@@ -21,7 +21,7 @@ Measured, each in its own process under ``/usr/bin/time -v`` (peak RSS):
   checkpoint: batches of 64 sentences, at most 100 output tokens, no length penalty; time as
   the toolkit's own timer reports it (model loading excluded), BLEU with sacrebleu; s2s also
   with ``--int8`` (dynamic int8 weights). s2s decodes with its default ``evaluation.workers``
-  (on 2 cores two batches at once, one torch thread each), the peers with their defaults.
+  (on 2 cores two workers, one torch thread each), the peers with their defaults.
   Decoding runs after all trainings, in ``--passes`` (3) passes that each decode with every
   toolkit, in an order rotated from pass to pass; each figure is the pass with the median
   sentences/s (one decoding of 1,000 sentences lasts 3–40 s, shorter than the VM's swings),
@@ -169,10 +169,11 @@ def parse_peers(peers: Path, runs: Path) -> dict:
     return json.loads((runs / "peers" / "results.json").read_text())
 
 
-def peer_figures(results: dict) -> dict[str, dict]:
+def peer_figures(results: dict, tags: Optional[list[str]] = None) -> dict[str, dict]:
     """{'JoeyNMT': {...}, 'OpenNMT-py': {...}} from the peers' parser output; a decoding
-    figure is the :func:`median_pass` of the runs decoded with the same beam (one per pass,
-    named ``..._beamN_pK``; a run without passes has one, named ``..._beamN``)."""
+    figure is the :func:`median_pass` of the runs decoded with the same beam: those named
+    ``..._beamN`` + one of ``tags`` (:func:`pass_tags`), or with any tag when None (a results
+    file of an earlier run)."""
     figures: dict[str, dict] = {}
     for label, (_, prefix) in PEER_PREFIXES.items():
         train = next(r for r in results["train"] if r["run"] == f"{prefix}_train_r1")
@@ -183,7 +184,8 @@ def peer_figures(results: dict) -> dict[str, dict]:
             passes = [{"sent_per_s": r["sent_per_s"], "out_tok_s": r["out_tok_s"],
                        "bleu": r["bleu"], "peak_rss_mib": r["peak_rss_mib"]}
                       for r in results["decode"]
-                      if r["run"] == name or r["run"].startswith(f"{name}_p")]
+                      if (r["run"] in [name + tag for tag in tags] if tags is not None
+                          else r["run"] == name or r["run"].startswith(f"{name}_p"))]
             if not passes:
                 raise KeyError(name)
             row[f"beam{beam}"] = median_pass(passes)
@@ -261,8 +263,8 @@ def decode_all(args: argparse.Namespace, runs: Path, checkpoint: str,
     (fp32 and ``_int8``) and the peers' decoding passes, parsed (by :func:`peer_figures`)."""
     systems = ["s2s"] + peer_labels
     s2s_passes: dict[str, list[dict]] = {}
-    for index in range(args.passes):
-        tag = f"_p{index + 1}" if args.passes > 1 else ""
+    tags = pass_tags(args.passes)
+    for index, tag in enumerate(tags):
         order = systems[index % len(systems):] + systems[:index % len(systems)]
         for beam in (1, 5):
             print(f"[decode] pass {index + 1} of {args.passes}, beam {beam}: "
@@ -276,8 +278,13 @@ def decode_all(args: argparse.Namespace, runs: Path, checkpoint: str,
                     s2s_passes.setdefault(key, []).append(
                         s2s_decode(checkpoint, args.data, runs, beam, int8, tag))
     s2s = {key: median_pass(passes) for key, passes in s2s_passes.items()}
-    peers = peer_figures(parse_peers(args.peers_dir, runs)) if peer_labels else {}
+    peers = peer_figures(parse_peers(args.peers_dir, runs), tags) if peer_labels else {}
     return s2s, peers
+
+
+def pass_tags(passes: int) -> list[str]:
+    """What each decoding pass's logs and runs are named with: ``_p1`` … (none for one)."""
+    return [f"_p{index + 1}" for index in range(passes)] if passes > 1 else [""]
 
 
 def measure_round(args: argparse.Namespace, runs: Path,

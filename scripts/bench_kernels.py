@@ -4,14 +4,16 @@
     python scripts/bench_kernels.py [--repeats 30]
 
 For the products of one decoder step (a few dozen to a few hundred rows times a weight) it
-prints GFLOP/s of ``F.linear`` (x·Wᵀ as torch computes it), :func:`s2s.recurrent.step_product`
-((W·xᵀ)ᵀ, the orientation the hand-stepped training loop uses) and oneDNN's linear with the
-weight prepacked once (:mod:`s2s.prepack`, used for decoding); then the training output
-layer's three products (logits, ∂x, ∂W over a batch of real target tokens) with the
-vocabulary as it is (8,001) and padded to a multiple of 8 rows, and the whole output layer +
-loss, forward and backward, as ``F.linear`` + ``F.cross_entropy`` and as
-:func:`s2s.loss.linear_cross_entropy`; then the time to draw and apply a dropout mask with
-``torch.nn.Dropout`` and with :class:`s2s.dropout.Dropout`.
+prints GFLOP/s of ``F.linear`` (x·Wᵀ as torch computes it, on MKL), MKL's (W·xᵀ)ᵀ with the
+rows padded to a multiple of 8 (:func:`s2s.recurrent.step_product` without oneDNN), oneDNN's
+linear (:func:`s2s.products.linear`, what the training recurrences use) and oneDNN's linear
+with the weight prepacked once (:mod:`s2s.prepack`, used for decoding); then the training
+output layer's three products (logits, ∂x, ∂W over a batch of real target tokens) on MKL,
+with the vocabulary as it is (8,001) and padded to a multiple of 8 rows, and on oneDNN
+(:mod:`s2s.products`), and the whole output layer + loss, forward and backward, as
+``F.linear`` + ``F.cross_entropy`` and as :func:`s2s.loss.linear_cross_entropy` on each; then
+the time to draw and apply a dropout mask with ``torch.nn.Dropout`` and with
+:class:`s2s.dropout.Dropout`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from s2s.allocator import reuse_large_blocks  # noqa: E402
 from s2s.dropout import Dropout  # noqa: E402
 from s2s.loss import linear_cross_entropy  # noqa: E402
+import s2s.products as products  # noqa: E402
 from s2s.prepack import _pack, _packed_linear, prepack_available  # noqa: E402
 from s2s.recurrent import step_product  # noqa: E402
 
@@ -48,6 +51,17 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def on_torch_products(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with s2s's products on torch's own (MKL) instead of oneDNN."""
+    def run() -> object:
+        saved, products._ONEDNN = products._ONEDNN, False
+        try:
+            return fn()
+        finally:
+            products._ONEDNN = saved
+    return run
+
+
 def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 8001) -> None:
     """GFLOP/s of the training output layer's products, and ms of output layer + loss."""
     reuse_large_blocks()  # as the trainer does: the [rows, vocab] blocks are reused
@@ -59,7 +73,13 @@ def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 
         weight, grad = torch.randn(size, width) * 0.05, torch.randn(rows, size)
         times = [seconds(fn, repeats) for fn in (lambda: F.linear(x, weight),
                                                  lambda: grad @ weight, lambda: grad.t() @ x)]
-        print(f"| V = {size} | " + " | ".join(f"{flops / t:.0f}" for t in times) + " |")
+        print(f"| MKL, V = {size} | " + " | ".join(f"{flops / t:.0f}" for t in times) + " |")
+    if products.on_onednn(x):
+        weight, grad = torch.randn(vocab, width) * 0.05, torch.randn(rows, vocab)
+        times = [seconds(fn, repeats) for fn in (lambda: products.linear(x, weight),
+                                                 lambda: products.times(grad, weight),
+                                                 lambda: products.transposed_times(grad, x))]
+        print(f"| oneDNN, V = {vocab} | " + " | ".join(f"{flops / t:.0f}" for t in times) + " |")
     weight = (torch.randn(vocab, width) * 0.05).requires_grad_()
     bias = torch.zeros(vocab, requires_grad=True)
     vectors = x.clone().requires_grad_()
@@ -74,7 +94,10 @@ def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 
     print("\n| output layer + loss, forward + backward | ms |")
     print("|---|---|")
     print(f"| F.linear + F.cross_entropy | {seconds(plain, repeats) * 1e3:.1f} |")
-    print(f"| s2s.loss.linear_cross_entropy | {seconds(fused, repeats) * 1e3:.1f} |")
+    print(f"| s2s.loss.linear_cross_entropy, MKL | "
+          f"{seconds(on_torch_products(fused), repeats) * 1e3:.1f} |")
+    if products.on_onednn(x):
+        print(f"| s2s.loss.linear_cross_entropy, oneDNN | {seconds(fused, repeats) * 1e3:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,18 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| rows × in → out | F.linear GFLOP/s | step_product | oneDNN prepacked |")
-    print("|---|---|---|---|")
+    print("| rows × in → out | F.linear GFLOP/s | MKL (W·xᵀ)ᵀ | oneDNN | oneDNN prepacked |")
+    print("|---|---|---|---|---|")
     for rows, fan_in, fan_out in SHAPES:
         x, weight = torch.randn(rows, fan_in), torch.randn(fan_out, fan_in)
         flops = 2 * rows * fan_in * fan_out / 1e9
         plain = flops / seconds(lambda: F.linear(x, weight), args.repeats)
-        stepped = flops / seconds(lambda: step_product(x, weight), args.repeats)
-        packed = "n/a"
+        stepped = flops / seconds(on_torch_products(lambda: step_product(x, weight)),
+                                  args.repeats)
+        onednn = packed = "n/a"
         if prepack_available():
+            onednn = f"{flops / seconds(lambda: products.linear(x, weight), args.repeats):.0f}"
             w = _pack(weight)
             packed = f"{flops / seconds(lambda: _packed_linear(x, w, None), args.repeats):.0f}"
-        print(f"| {rows} × {fan_in} → {fan_out} | {plain:.0f} | {stepped:.0f} | {packed} |")
+        print(f"| {rows} × {fan_in} → {fan_out} | {plain:.0f} | {stepped:.0f} | {onednn} | "
+              f"{packed} |")
     output_layer(args.repeats)
     print("\n| dropout p = 0.2 on | torch.nn.Dropout ms | s2s Dropout ms |")
     print("|---|---|---|")

@@ -113,6 +113,10 @@ def test_peer_figures_take_the_median_of_their_passes_or_the_single_run(bench):
     assert figures["JoeyNMT"]["beam1"]["passes"] == [60.0, 90.0, 70.0]
     single = bench.peer_figures(peer_results({name: [80.0] for name in passes}))
     assert single["JoeyNMT"]["beam1"]["sent_per_s"] == 80.0
+    # an earlier run's fourth pass in the same folder is not this run's
+    stale = peer_results({name: [60.0, 90.0, 70.0, 10.0] for name in passes})
+    assert bench.peer_figures(stale, bench.pass_tags(3))["JoeyNMT"]["beam1"]["passes"] == [
+        60.0, 90.0, 70.0]
 
 
 def test_decoding_passes_rotate_the_order_and_give_medians(bench, monkeypatch, tmp_path):
@@ -129,7 +133,7 @@ def test_decoding_passes_rotate_the_order_and_give_medians(bench, monkeypatch, t
     monkeypatch.setattr(bench, "s2s_decode", s2s_decode)
     monkeypatch.setattr(bench, "decode_peer", decode_peer)
     monkeypatch.setattr(bench, "parse_peers", lambda peers, runs: "parsed")
-    monkeypatch.setattr(bench, "peer_figures", lambda results: {"parsed": results})
+    monkeypatch.setattr(bench, "peer_figures", lambda results, tags: {"parsed": results})
     args = SimpleNamespace(passes=3, peers_dir=tmp_path, data=tmp_path)
     s2s, peers = bench.decode_all(args, tmp_path, "last.pt", ["JoeyNMT", "OpenNMT-py"])
     firsts = [call[0] for i, call in enumerate(calls)

@@ -28,18 +28,29 @@ def test_products_equal_torch_s_on_views_and_with_bias(kernel):
     bias = torch.randn(24, generator=gen)
     torch.testing.assert_close(linear(x, weight, bias), x @ weight.t() + bias)
     torch.testing.assert_close(linear(x, weight), x @ weight.t())
-    other = torch.randn(24, 32, generator=gen).t()      # [32, 24], a transposed view
+    other = torch.randn(32, 24, generator=gen)          # as the output layer's ∂x = G·W
     torch.testing.assert_close(times(x, other), x @ other)
+    torch.testing.assert_close(times(x, other.t().contiguous().t()), x @ other)
     grad = torch.randn(37, 24, generator=gen)
     torch.testing.assert_close(transposed_times(grad, x), grad.t() @ x)
 
 
 @needs_onednn
-def test_only_float32_cpu_tensors_go_to_onednn():
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # flags() sets it too
+def test_only_float32_cpu_tensors_go_to_onednn_and_only_while_it_is_enabled():
     assert products.on_onednn(torch.ones(2, 2))
-    assert not products.on_onednn(torch.ones(2, 2, dtype=torch.float64))
-    x, w = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
-    torch.testing.assert_close(linear(x, w), x @ w.t())  # oneDNN refuses float64
+    assert not products.on_onednn(torch.ones(2, 2, dtype=torch.float64))  # oneDNN refuses it
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not products.on_onednn(torch.ones(2, 2))
+
+
+def test_a_weight_changed_in_place_is_read_afresh(kernel):
+    # training changes its weights in place every update: no product may keep a stale copy
+    x, weight = torch.randn(9, 16), torch.randn(8, 16)
+    before = linear(x, weight)
+    weight.mul_(-2.0)
+    torch.testing.assert_close(linear(x, weight), -2.0 * before)
+    torch.testing.assert_close(times(x, weight.t()), -2.0 * before)
 
 
 def test_an_empty_batch_gives_an_empty_product(kernel):
