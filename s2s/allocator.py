@@ -1,7 +1,8 @@
 """Process-wide memory settings: large freed blocks kept for reuse when training
-(:func:`reuse_large_blocks`), one malloc arena and small caches of prepared products (oneDNN,
-ideep) when decoding (:func:`configure_decoding_process`). The malloc settings need glibc (Linux);
-elsewhere they do nothing.
+(:func:`reuse_large_blocks`), small caches of prepared products (oneDNN, ideep) in every
+process that runs s2s's products (:func:`limit_product_caches`, made by
+:func:`configure_training_process` and :func:`configure_decoding_process`), and one malloc
+arena when decoding. The malloc settings need glibc (Linux); elsewhere they do nothing.
 
 glibc's malloc serves every block above a threshold (at most 32 MiB by default) with a fresh
 ``mmap`` and returns it to the kernel on ``free``. A training step allocates its logits
@@ -22,7 +23,7 @@ from typing import Callable, Optional
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-DECODING_PRIMITIVE_CACHE = 16  # prepared products kept by oneDNN and ideep (default 1,024)
+PRIMITIVE_CACHE = 16  # prepared products kept by oneDNN and ideep (their default: 1,024)
 
 
 def reuse_large_blocks(threshold: int = 1 << 30) -> bool:
@@ -52,25 +53,38 @@ def _mallopt() -> Optional[Callable[[int, int], int]]:
     return mallopt
 
 
-def configure_decoding_process(primitive_cache: int = DECODING_PRIMITIVE_CACHE) -> bool:
-    """Settings for a process that decodes with worker threads (:func:`s2s.search.search`),
-    made before the model is loaded.
-
-    Left to their defaults, oneDNN (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and torch's ideep
-    layer over it (``LRU_CACHE_CAPACITY``) each keep up to 1,024 prepared products, one for
-    every row count and decoding thread they meet, and each thread grows its own malloc arena:
-    beam 5 on two workers peaked 60–110 MB above one batch at a time. A search only reuses the
-    last few (the row count changes when sentences finish), so both caches get
-    ``primitive_cache`` entries (a miss costs ≈ 0.1–0.3 ms; 0 would crash ideep) and malloc
-    one arena for threads started from now on (docs/benchmarks.md).
+def limit_product_caches(primitive_cache: int = PRIMITIVE_CACHE) -> None:
+    """Keep ``primitive_cache`` prepared products in oneDNN's cache
+    (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and in torch's ideep layer over it
+    (``LRU_CACHE_CAPACITY``), each 1,024 by default: they keep one for every shape and thread
+    they meet, and the shapes of s2s's products change with every batch (and in search with
+    every finished sentence). On the benchmark model that held 50–100 MB when decoding and
+    0.5–1 GB over 250 training updates; the last few shapes are what gets reused (a miss costs
+    ≈ 0.1–0.3 ms; 0 would crash ideep; docs/benchmarks.md).
 
     The variables are set only where the environment does not set them, and take effect only
     if nothing has run on oneDNN yet in this process (both are read once, at first use).
-    Returns whether the arena cap took effect (False without glibc).
     """
     if primitive_cache < 1:
         raise ValueError(f"primitive_cache must be at least 1, got {primitive_cache}")
     for variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
         os.environ.setdefault(variable, str(primitive_cache))
+
+
+def configure_training_process(primitive_cache: int = PRIMITIVE_CACHE) -> None:
+    """Settings for a process that trains, made before anything runs:
+    :func:`limit_product_caches` (train.py and scripts/bench_train.py call it)."""
+    limit_product_caches(primitive_cache)
+
+
+def configure_decoding_process(primitive_cache: int = PRIMITIVE_CACHE) -> bool:
+    """Settings for a process that decodes with worker threads (:func:`s2s.search.search`),
+    made before the model is loaded: :func:`limit_product_caches`, and malloc one arena for
+    threads started from now on (each decoding thread grew its own: beam 5 on two workers
+    peaked 60–110 MB above one batch at a time with both left to their defaults).
+
+    Returns whether the arena cap took effect (False without glibc).
+    """
+    limit_product_caches(primitive_cache)
     mallopt = _mallopt()
     return mallopt is not None and bool(mallopt(_M_ARENA_MAX, 1))

@@ -81,9 +81,11 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="overrides training.device")
     args = parser.parse_args(argv)
 
+    from s2s.allocator import configure_training_process
     from s2s.config import load_config
     from s2s.trainer import TrainingStopped, Trainer
 
+    configure_training_process()
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite, device=args.device)
     try:

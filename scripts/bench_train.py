@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from s2s.allocator import configure_training_process  # noqa: E402
 from s2s.cli import positive_int, reports_errors  # noqa: E402
 from s2s.config import load_config  # noqa: E402
 from s2s.trainer import Trainer  # noqa: E402
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 10:
         parser.error("--steps must be at least 10")
+    configure_training_process()  # as train.py does
     with tempfile.TemporaryDirectory() as scratch:
         out = args.keep or scratch
         config = load_config(args.config, args.overrides + [

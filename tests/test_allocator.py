@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from s2s.allocator import _mallopt, configure_decoding_process, reuse_large_blocks
+from s2s.allocator import (_mallopt, configure_decoding_process, configure_training_process,
+                           reuse_large_blocks)
 
 
 def _page_faults_of_logits(rounds: int) -> int:
@@ -78,3 +79,10 @@ def test_decoding_settings_leave_the_environment_s_own_and_refuse_an_empty_cache
     assert environment == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "8"}
     with pytest.raises(ValueError, match="at least 1"):
         configure_decoding_process(0)
+
+
+def test_training_processes_get_the_small_caches_too(monkeypatch):
+    environment: dict[str, str] = {}
+    monkeypatch.setattr(os, "environ", environment)
+    configure_training_process()
+    assert environment == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16", "LRU_CACHE_CAPACITY": "16"}
