@@ -30,7 +30,7 @@ from s2s.encoder import EncoderOutput
 from s2s.recurrent import AttentiveLSTMOutput, attentive_lstm
 
 if TYPE_CHECKING:
-    from s2s.prepack import ContextFolding, EmbeddingGates
+    from s2s.prepack import ContextFolding
 
 
 class Memory(NamedTuple):
@@ -130,7 +130,6 @@ class Decoder(nn.Module):
             self.bridge_cell = nn.Linear(encoder_size, hidden_size)
         # set by s2s.prepack for decoding on the CPU (a plain attribute, not a submodule)
         self.folding: Optional[ContextFolding] = None
-        self.embedding_gates: Optional[EmbeddingGates] = None
 
     # ------------------------------------------------------------------------------- setup
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
@@ -185,8 +184,6 @@ class Decoder(nn.Module):
                 raise RuntimeError("a folded memory is for decoding: eval mode, no gradients, "
                                    "a prepacked model (see s2s.prepack.ContextFolding)")
             return self.folding.step(self, prev_tokens, state, memory, rows_per_sentence)
-        if self.embedding_gates is not None and self.embedding_gates.applies(self, state):
-            return self.embedding_gates.step(self, prev_tokens, state, memory, rows_per_sentence)
         embedded = self.dropout(self.embedding(prev_tokens))
         context, output, state, weights = self._recur(embedded, state, memory,
                                                       rows_per_sentence)

@@ -4,8 +4,7 @@ Search multiplies the same weights by a few dozen rows hundreds of times. torch'
 product (MKL's sgemm) runs the output projection, ``[64, 512] × [512, 8001]``, at about 100
 GFLOP/s on these 2-core machines; oneDNN's linear with its weight reordered ahead of time runs
 it at about 150 (docs/benchmarks.md). Reordering once per loaded model pays for itself in the
-first batch. The LSTM's embedding columns times the embedding are a lookup table
-(:class:`EmbeddingGates`). Beam search moreover multiplies the encoder states by the weights that take the
+first batch. Beam search moreover multiplies the encoder states by the weights that take the
 attention's context in, once per sentence, instead of multiplying each beam's context by them
 at every step (:class:`ContextFolding`). The arithmetic is the same fp32 model; only the order
 of the sums differs, so scores agree to float rounding.
@@ -27,7 +26,6 @@ from s2s.products import onednn_available, onednn_linear
 
 ROWS_HINT = 64  # oneDNN picks its blocking for about this many rows
 ROW_MULTIPLE = 8  # decoding products' row counts are padded to a multiple of this
-EMBEDDING_TABLE_BYTES = 8 * 2**20  # EmbeddingGates' table: 1,024 rows at a decoder of 512
 
 
 def prepack_available() -> bool:
@@ -107,9 +105,7 @@ class PrepackedLSTM(nn.Module):
     The product is oneDNN's, with the joined weight prepacked like :class:`PrepackedLinear`'s:
     on the AVX-512 hosts of December 2026 it ran the step 1.4× faster than MKL at 64 rows and
     5× at a few rows, where a greedy batch's last steps are (docs/benchmarks.md, "Eighth
-    round"). Longer inputs, training mode and gradients go to the wrapped LSTM. The first
-    layer's joined weight is packed when first used: a decoder with :class:`EmbeddingGates`
-    steps with its own and never asks for it.
+    round"). Longer inputs, training mode and gradients go to the wrapped LSTM.
     """
 
     def __init__(self, lstm: nn.LSTM) -> None:
@@ -118,8 +114,7 @@ class PrepackedLSTM(nn.Module):
             raise ValueError("PrepackedLSTM takes a batch-first, unidirectional LSTM with "
                              "biases and no projection")
         self.lstm = lstm
-        self._layers: list[Optional[tuple[Tensor, Tensor]]] = [None] + [
-            self.joined_layer(layer) for layer in range(1, lstm.num_layers)]
+        self.layers = [self.joined_layer(layer) for layer in range(lstm.num_layers)]
 
     def joined_layer(self, layer: int, input_columns: Optional[slice] = None) -> tuple[Tensor,
                                                                                         Tensor]:
@@ -153,11 +148,7 @@ class PrepackedLSTM(nn.Module):
         is added to its gates: the product of the columns left out, computed elsewhere.
         """
         size = self.lstm.hidden_size
-        if first_layer is None:
-            if self._layers[0] is None:  # two threads may both pack it: the same weight
-                self._layers[0] = self.joined_layer(0)
-            first_layer = self._layers[0]
-        layers = [first_layer, *self._layers[1:]]
+        layers = self.layers if first_layer is None else [first_layer, *self.layers[1:]]
         layer_input = x
         hiddens, cells = [], []
         for layer, (weight, bias) in enumerate(layers):
@@ -172,65 +163,6 @@ class PrepackedLSTM(nn.Module):
             hiddens.append(layer_input)
             cells.append(new_cell)
         return layer_input, torch.stack(hiddens), torch.stack(cells)
-
-
-class EmbeddingGates:
-    """The first LSTM layer's embedding columns, looked up instead of multiplied.
-
-    A decoding step's LSTM input starts with the previous token's embedding E[y(t-1)], so the
-    first layer's gates hold W_ie E[y(t-1)] (W_ie: its ``[4D, E]`` embedding columns): a row
-    of the table T = E W_ieᵀ ``[V, 4D]``. The rows of the first ``rows`` ids are computed once
-    (at most :data:`EMBEDDING_TABLE_BYTES`, 1,024 ids at D = 512: SentencePiece numbers its
-    pieces by score, frequent ones first, and these are 85% of the pieces of Multi30k's
-    English test references); any other id is multiplied when it comes. The rest of the layer's input,
-    [ṽ(t-1); a(t)] where the decoder has them, goes through :meth:`PrepackedLSTM.step` with
-    the joined weight of the remaining columns (:attr:`first_layer`). Same model, the sums in
-    another order (greedy 1.04× on the matched model; docs/benchmarks.md, "Eighth round").
-    """
-
-    def __init__(self, decoder: Decoder, lstm: PrepackedLSTM,
-                 max_bytes: int = EMBEDDING_TABLE_BYTES) -> None:
-        width = decoder.embedding.embedding_dim
-        self.lstm = lstm
-        self.embedding = decoder.embedding.weight.detach()                 # [V, E]
-        gate_rows = _gate_order(decoder.hidden_size)
-        self.weight = _pack(lstm.lstm.weight_ih_l0.detach()[:, :width][gate_rows])
-        gate_bytes = 4 * decoder.hidden_size * self.embedding.element_size()
-        rows = max(1, min(self.embedding.size(0), max_bytes // gate_bytes))
-        self.table = _packed_linear(self.embedding[:rows], self.weight, None)  # [rows, 4D]
-        self.first_layer = lstm.joined_layer(0, slice(width, None))
-
-    def gates(self, tokens: Tensor) -> Tensor:
-        """W_ie E[y] for tokens ``[B]``: ``[B, 4D]``, gates in i f o g order."""
-        rows = self.table.size(0)
-        gates = self.table.index_select(0, tokens.clamp(max=rows - 1))
-        others = (tokens >= rows).nonzero().squeeze(1)
-        if others.numel():
-            embedded = self.embedding.index_select(0, tokens.index_select(0, others))
-            gates.index_copy_(0, others, _packed_linear(embedded, self.weight, None))
-        return gates
-
-    def applies(self, decoder: Decoder, state: DecoderState) -> bool:
-        """Whether :meth:`step` serves a step from ``state`` (decoding on the CPU in fp32: eval
-        mode, no gradients)."""
-        return _fast_path(decoder, state.hidden)
-
-    def step(self, decoder: Decoder, prev_tokens: Tensor, state: DecoderState, memory: Memory,
-             rows_per_sentence: int) -> tuple[Tensor, DecoderState, Tensor]:
-        """:meth:`Decoder.step <s2s.decoder.Decoder.step>` over a plain memory (eval mode):
-        ṽ(t) ``[B, A]``, the new state, α(t) ``[B, S]``."""
-        inputs = [state.feed] if decoder.input_feeding else []
-        if decoder.attention.uses_previous_state:
-            context, weights = decoder._attend(state.hidden[-1], memory, rows_per_sentence)
-            inputs.append(context)
-        rest = torch.cat(inputs, dim=1) if inputs else state.feed  # [B, 0]: E(y) was all
-        output, hidden, cell = self.lstm.step(rest, state.hidden, state.cell, self.first_layer,
-                                              self.gates(prev_tokens))
-        if not decoder.attention.uses_previous_state:
-            context, weights = decoder._attend(output, memory, rows_per_sentence)
-        vector = decoder._attentional_vector(context, output)
-        feed = vector if decoder.input_feeding else state.feed
-        return vector, DecoderState(hidden, cell, feed), weights
 
 
 class ContextFolding:
@@ -257,24 +189,21 @@ class ContextFolding:
     copies taken when it is built.
     """
 
-    def __init__(self, decoder: Decoder, lstm: PrepackedLSTM,
-                 embedding_gates: EmbeddingGates) -> None:
+    def __init__(self, decoder: Decoder, lstm: PrepackedLSTM) -> None:
         context = decoder.attention.context_size
         weight = decoder.attentional.weight.detach()             # [A, C + D]
         bias = decoder.attentional.bias
         self.lstm = lstm
-        self.embedding_gates = embedding_gates
-        # the first LSTM layer's input: [E(y); ṽ(t-1) with input feeding; a(t) for Bahdanau]
-        inputs = lstm.lstm.input_size
-        embedding = decoder.embedding.embedding_dim
+        # Bahdanau: a(t) is the last C columns of the first LSTM layer's input
         self.context_feeds_lstm = decoder.attention.uses_previous_state
-        self.first_layer = embedding_gates.first_layer
+        self.first_layer: Optional[tuple[Tensor, Tensor]] = None
         self.gate_width = 0
         consumers = []
         if self.context_feeds_lstm:
+            inputs = lstm.lstm.input_size
             gate_rows = _gate_order(decoder.hidden_size)
             consumers.append(lstm.lstm.weight_ih_l0.detach()[:, inputs - context:][gate_rows])
-            self.first_layer = lstm.joined_layer(0, slice(embedding, inputs - context))
+            self.first_layer = lstm.joined_layer(0, slice(0, inputs - context))
             self.gate_width = 4 * decoder.hidden_size
         consumers.append(weight[:, :context])
         self.values_weight = torch.cat(consumers)                 # [(4D +) A, C]
@@ -297,17 +226,15 @@ class ContextFolding:
                                                                    Tensor]:
         """:meth:`Decoder.step <s2s.decoder.Decoder.step>` over a folded memory (eval mode):
         ṽ(t) ``[B, A]``, the new state, α(t) ``[B, S]``."""
-        gates = self.embedding_gates.gates(prev_tokens)
-        inputs = state.feed  # ṽ(t-1), or no columns without input feeding
+        embedded = decoder.embedding(prev_tokens)
+        inputs = torch.cat([embedded, state.feed], dim=1) if decoder.input_feeding else embedded
         if self.context_feeds_lstm:  # α from s(t-1); attended: W_ia a(t) and W_va a(t)
             attended, weights = decoder._attend(state.hidden[-1], memory, rows_per_sentence)
-            gates += attended[:, :self.gate_width]
+            output, hidden, cell = self.lstm.step(inputs, state.hidden, state.cell,
+                                                  self.first_layer, attended[:, :self.gate_width])
             attended = attended[:, self.gate_width:]
         else:                        # α from s(t); attended: W_va a(t)
-            attended = weights = None
-        output, hidden, cell = self.lstm.step(inputs, state.hidden, state.cell,
-                                              self.first_layer, gates)
-        if attended is None:
+            output, hidden, cell = self.lstm.step(inputs, state.hidden, state.cell)
             attended, weights = decoder._attend(output, memory, rows_per_sentence)
         vector = _packed_linear(output, self.state_weight, self.bias).add_(attended)
         if decoder.attentional_tanh:
@@ -316,13 +243,11 @@ class ContextFolding:
         return vector, DecoderState(hidden, cell, feed), weights
 
 
-def prepack_for_cpu(model: Seq2Seq,
-                    embedding_table_bytes: int = EMBEDDING_TABLE_BYTES) -> Seq2Seq:
+def prepack_for_cpu(model: Seq2Seq) -> Seq2Seq:
     """Swap the decoder's LSTM and every linear layer with more than one output (output
     projection, attentional layer, attention projections, bridges; not the Bahdanau energy
     wᵀ, a matrix-vector product) for the prepacked modules above, in place, and give the
-    decoder its :class:`EmbeddingGates` (a table of at most ``embedding_table_bytes``) and,
-    where its attention allows, a :class:`ContextFolding` for beam search. For decoding
+    decoder a :class:`ContextFolding` for beam search where its attention allows. For decoding
     only: the packed copies do not follow later changes to the weights."""
     for parent in list(model.modules()):
         if isinstance(parent, (PrepackedLinear, PrepackedLSTM)):
@@ -333,8 +258,6 @@ def prepack_for_cpu(model: Seq2Seq,
     decoder = model.decoder
     if isinstance(decoder.rnn, nn.LSTM):
         decoder.rnn = PrepackedLSTM(decoder.rnn).train(decoder.rnn.training)
-    if isinstance(decoder.rnn, PrepackedLSTM):
-        decoder.embedding_gates = EmbeddingGates(decoder, decoder.rnn, embedding_table_bytes)
-        if decoder.attention.context_is_weighted_values:
-            decoder.folding = ContextFolding(decoder, decoder.rnn, decoder.embedding_gates)
+    if isinstance(decoder.rnn, PrepackedLSTM) and decoder.attention.context_is_weighted_values:
+        decoder.folding = ContextFolding(decoder, decoder.rnn)
     return model

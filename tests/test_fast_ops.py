@@ -12,8 +12,7 @@ from s2s.dropout import Dropout
 from s2s.encoder import Encoder
 from s2s.inference import quantize_int8
 from s2s.model import build_model
-from s2s.prepack import (EMBEDDING_TABLE_BYTES, PrepackedLinear, PrepackedLSTM,
-                         prepack_available, prepack_for_cpu)
+from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
 from s2s.recurrent import attentive_lstm, packed_layout, step_product
 from s2s.search import search
 from s2s.tokenizer import SPECIAL
@@ -217,10 +216,8 @@ def test_prepacked_model_steps_like_the_plain_one(name):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def _plain_and_prepacked(name: str, table_bytes: int = EMBEDDING_TABLE_BYTES,
-                         **options) -> tuple:
-    """Two copies of one tiny model in eval mode, the second prepacked (its embedding gates'
-    table at most ``table_bytes``)."""
+def _plain_and_prepacked(name: str, **options) -> tuple:
+    """Two copies of one tiny model in eval mode, the second prepacked."""
     activation = options.pop("attentional_activation", "tanh")
     encoder_size = options.pop("encoder_size", None)
     attentional_size = options.pop("attentional_size", None)
@@ -232,7 +229,7 @@ def _plain_and_prepacked(name: str, table_bytes: int = EMBEDDING_TABLE_BYTES,
         cfg.encoder.hidden_size = encoder_size or cfg.encoder.hidden_size
         torch.manual_seed(11)
         models.append(build_model(cfg, 20, 20, SPECIAL, 16).eval())
-    prepack_for_cpu(models[1], table_bytes)
+    prepack_for_cpu(models[1])
     return models[0], models[1]
 
 
@@ -246,74 +243,12 @@ FOLDABLE = [("bahdanau", {}), ("bahdanau", {"input_feeding": True, "num_layers":
             ("scaled_dot", {"attentional_activation": "none"})]
 
 
-# the tiny decoder's gates are 4 × 16 floats: a table of 6 ids (3, 4, 5 are real tokens), so
-# the steps below meet both looked-up and multiplied ids
-SMALL_TABLE = 6 * 4 * 16 * 4
-
-
-@needs_prepack
-@pytest.mark.parametrize("name,options", FOLDABLE + [("multihead", {"input_feeding": True})])
-def test_greedy_steps_with_looked_up_embedding_gates_equal_the_plain_steps(name, options):
-    """One row per sentence over the plain memory: the prepacked step looks the embedding
-    columns' gates up (ids below the table's size) or multiplies them (the rest), and gives
-    the plain model's log-probabilities, weights and states, step after step."""
-    plain, packed = _plain_and_prepacked(name, SMALL_TABLE, **options)
-    gates = packed.decoder.embedding_gates
-    assert gates is not None and gates.table.size(0) == 6
-    src = torch.randint(4, 20, (4, 6))
-    lengths = torch.tensor([6, 4, 2, 5])
-    src[1, 4:] = 0
-    src[2, 2:] = 0
-    prev = torch.tensor([2, 5, 17, 9])
-    with torch.no_grad():
-        results = []
-        for model in (plain, packed):
-            memory, state = model.encode(src, lengths)
-            assert type(memory) is Memory
-            log_probs, state, alpha = model.step(prev, state, memory)
-            second = torch.tensor([4, 3, 19, 12])
-            log_probs2, state2, alpha2 = model.step(second, state, memory)
-            results.append((log_probs, alpha, log_probs2, alpha2, *state2))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-@needs_prepack
-def test_embedding_gates_are_the_embedding_columns_times_the_embedding():
-    _, packed = _plain_and_prepacked("bahdanau", SMALL_TABLE, input_feeding=True)
-    decoder = packed.decoder
-    tokens = torch.tensor([0, 3, 5, 6, 19, 4, 12])  # in the table and not, mixed
-    width = decoder.embedding.embedding_dim
-    gate_rows = torch.cat([torch.arange(32), torch.arange(48, 64), torch.arange(32, 48)])
-    expected = decoder.embedding(tokens) @ decoder.rnn.lstm.weight_ih_l0[gate_rows, :width].t()
-    with torch.no_grad():
-        torch.testing.assert_close(decoder.embedding_gates.gates(tokens), expected)
-
-
-@needs_prepack
-def test_greedy_search_with_embedding_gates_never_packs_the_full_first_layer():
-    """The first LSTM layer's joined weight is packed on first use; a decoder with embedding
-    gates steps with its own, so the full one costs no memory."""
-    plain, packed = _plain_and_prepacked("bahdanau", SMALL_TABLE)
-    sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4]]
-    found = [search(model, sources, batch_size=2, max_output_length=8, max_output_ratio=3.0)
-             for model in (plain, packed)]
-    assert [[h.tokens for h in hyps] for hyps in found[0]] == \
-        [[h.tokens for h in hyps] for hyps in found[1]]
-    assert packed.decoder.rnn._layers[0] is None
-    packed.decoder.embedding_gates = None  # the plain prepacked step packs it when asked
-    with torch.no_grad():
-        search(packed, sources[:1], batch_size=1, max_output_length=3, max_output_ratio=3.0)
-    assert packed.decoder.rnn._layers[0] is not None
-
-
 @needs_prepack
 @pytest.mark.parametrize("name,options", FOLDABLE)
 def test_beam_steps_over_a_folded_memory_equal_the_plain_steps(name, options):
     """K rows per sentence attending to the context's products folded into the memory give
-    the plain model's log-probabilities, attention weights and states, step after step (the
-    embedding gates looked up or multiplied)."""
-    plain, packed = _plain_and_prepacked(name, SMALL_TABLE, **options)
+    the plain model's log-probabilities, attention weights and states, step after step."""
+    plain, packed = _plain_and_prepacked(name, **options)
     src = torch.randint(4, 20, (3, 6))
     lengths = torch.tensor([6, 4, 2])
     src[1, 4:] = 0
