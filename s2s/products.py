@@ -1,12 +1,16 @@
 """Matrix products on the CPU through oneDNN, where torch's own go to MKL.
 
-On the AVX-512 AMD hosts these benchmarks ran on in December 2026, MKL's sgemm (torch's
-``mm``/``addmm``/``linear``) reached 100–150 GFLOP/s on the model's products and oneDNN's
-linear 135–200, on every shape the model multiplies (docs/benchmarks.md, "Eighth round";
-``scripts/bench_kernels.py``). oneDNN's only entry point in torch is its linear, y = x Wᵀ + b,
-so each product here is written as one, with the operands in the orientation oneDNN runs
-fastest. Elsewhere (a GPU, float64, a build without oneDNN) they are torch's plain products;
-the results agree to float rounding either way.
+MKL's sgemm (torch's ``mm``/``addmm``/``linear``) takes its AVX-512 kernels on Intel CPUs
+only. On the AVX-512 AMD hosts these benchmarks ran on in December 2026 it reached 100–150
+GFLOP/s on the model's products and oneDNN's linear 135–200, on every shape the model
+multiplies; on an Intel host (Xeon, AVX-512) MKL ran the training products as fast as oneDNN
+or faster (the output layer's ∂W 318 against 213 GFLOP/s) and training 1.10× faster
+(docs/benchmarks.md, "Eighth round"; ``scripts/bench_kernels.py``). So the products here go
+to oneDNN where the build has it and the CPU is not Intel's (:func:`onednn_preferred`).
+oneDNN's only entry point in torch is its linear, y = x Wᵀ + b, so each product is written
+as one, with the operands in the orientation oneDNN runs fastest. Elsewhere (an Intel CPU, a
+GPU, float64, a build without oneDNN) they are torch's plain products; the results agree to
+float rounding either way.
 """
 
 from __future__ import annotations
@@ -24,7 +28,26 @@ def onednn_available() -> bool:
             and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
 
 
-_ONEDNN = onednn_available()
+def cpu_vendor() -> str:
+    """The CPU's vendor id as /proc/cpuinfo gives it ("GenuineIntel", "AuthenticAMD", …;
+    "" where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def onednn_preferred(vendor: Optional[str] = None) -> bool:
+    """Whether this module's products go to oneDNN: the build has it and MKL is not at its
+    best on this CPU (``vendor``, default :func:`cpu_vendor`, is not Intel's)."""
+    return onednn_available() and (cpu_vendor() if vendor is None else vendor) != "GenuineIntel"
+
+
+_ONEDNN = onednn_preferred()
 
 
 def on_onednn(x: Tensor) -> bool:

@@ -6,7 +6,8 @@
 For the products of one decoder step (a few dozen to a few hundred rows times a weight) it
 prints GFLOP/s of ``F.linear`` (x·Wᵀ as torch computes it, on MKL), MKL's (W·xᵀ)ᵀ with the
 rows padded to a multiple of 8 (:func:`s2s.recurrent.step_product` without oneDNN), oneDNN's
-linear (:func:`s2s.products.linear`, what the training recurrences use) and oneDNN's linear
+linear (:func:`s2s.products.linear`, what the training recurrences use where the CPU is not
+Intel's: :func:`s2s.products.onednn_preferred`) and oneDNN's linear
 with the weight prepacked once (:mod:`s2s.prepack`, used for decoding); then the training
 output layer's three products (logits, ∂x, ∂W over a batch of real target tokens) on MKL,
 with the vocabulary as it is (8,001) and padded to a multiple of 8 rows, and on oneDNN
@@ -33,6 +34,7 @@ from s2s.allocator import reuse_large_blocks  # noqa: E402
 from s2s.dropout import Dropout  # noqa: E402
 from s2s.loss import linear_cross_entropy  # noqa: E402
 import s2s.products as products  # noqa: E402
+from s2s.products import onednn_available  # noqa: E402
 from s2s.prepack import _pack, _packed_linear, prepack_available  # noqa: E402
 from s2s.recurrent import step_product  # noqa: E402
 
@@ -51,15 +53,24 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def on_torch_products(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with s2s's products on torch's own (MKL) instead of oneDNN."""
+def on_products(fn: Callable[[], object], onednn: bool) -> Callable[[], object]:
+    """``fn`` with s2s's products on oneDNN or on torch's own (MKL), whichever this CPU would
+    get by default (:func:`s2s.products.onednn_preferred`)."""
     def run() -> object:
-        saved, products._ONEDNN = products._ONEDNN, False
+        saved, products._ONEDNN = products._ONEDNN, onednn
         try:
             return fn()
         finally:
             products._ONEDNN = saved
     return run
+
+
+def on_torch_products(fn: Callable[[], object]) -> Callable[[], object]:
+    return on_products(fn, False)
+
+
+def on_onednn_products(fn: Callable[[], object]) -> Callable[[], object]:
+    return on_products(fn, onednn_available())
 
 
 def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 8001) -> None:
@@ -74,11 +85,11 @@ def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 
         times = [seconds(fn, repeats) for fn in (lambda: F.linear(x, weight),
                                                  lambda: grad @ weight, lambda: grad.t() @ x)]
         print(f"| MKL, V = {size} | " + " | ".join(f"{flops / t:.0f}" for t in times) + " |")
-    if products.on_onednn(x):
+    if onednn_available():
         weight, grad = torch.randn(vocab, width) * 0.05, torch.randn(rows, vocab)
-        times = [seconds(fn, repeats) for fn in (lambda: products.linear(x, weight),
-                                                 lambda: products.times(grad, weight),
-                                                 lambda: products.transposed_times(grad, x))]
+        times = [seconds(on_onednn_products(fn), repeats) for fn in (
+            lambda: products.linear(x, weight), lambda: products.times(grad, weight),
+            lambda: products.transposed_times(grad, x))]
         print(f"| oneDNN, V = {vocab} | " + " | ".join(f"{flops / t:.0f}" for t in times) + " |")
     weight = (torch.randn(vocab, width) * 0.05).requires_grad_()
     bias = torch.zeros(vocab, requires_grad=True)
@@ -96,8 +107,9 @@ def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 
     print(f"| F.linear + F.cross_entropy | {seconds(plain, repeats) * 1e3:.1f} |")
     print(f"| s2s.loss.linear_cross_entropy, MKL | "
           f"{seconds(on_torch_products(fused), repeats) * 1e3:.1f} |")
-    if products.on_onednn(x):
-        print(f"| s2s.loss.linear_cross_entropy, oneDNN | {seconds(fused, repeats) * 1e3:.1f} |")
+    if onednn_available():
+        print(f"| s2s.loss.linear_cross_entropy, oneDNN | "
+              f"{seconds(on_onednn_products(fused), repeats) * 1e3:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU vendor "
+          f"{products.cpu_vendor() or 'unknown'}: s2s's training products on "
+          f"{'oneDNN' if products.onednn_preferred() else 'MKL'}\n")
     print("| rows × in → out | F.linear GFLOP/s | MKL (W·xᵀ)ᵀ | oneDNN | oneDNN prepacked |")
     print("|---|---|---|---|---|")
     for rows, fan_in, fan_out in SHAPES:
@@ -116,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                   args.repeats)
         onednn = packed = "n/a"
         if prepack_available():
-            onednn = f"{flops / seconds(lambda: products.linear(x, weight), args.repeats):.0f}"
+            product = on_onednn_products(lambda: products.linear(x, weight))
+            onednn = f"{flops / seconds(product, args.repeats):.0f}"
             w = _pack(weight)
             packed = f"{flops / seconds(lambda: _packed_linear(x, w, None), args.repeats):.0f}"
         print(f"| {rows} × {fan_in} → {fan_out} | {plain:.0f} | {stepped:.0f} | {onednn} | "

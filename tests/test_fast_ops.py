@@ -287,6 +287,35 @@ def test_prepacked_beam_search_finds_the_plain_model_s_hypotheses(name, options)
 
 
 @needs_prepack
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_two_workers_sharing_a_prepacked_model_find_the_plain_model_s_hypotheses(beam_size):
+    plain, packed = _plain_and_prepacked("bahdanau", input_feeding=True)
+    sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4], [7, 7]]
+    found = [search(model, sources, batch_size=2, max_output_length=8, max_output_ratio=3.0,
+                    beam_size=beam_size, workers=workers)
+             for model, workers in ((plain, 1), (packed, 2))]
+    assert [[h.tokens for h in hyps] for hyps in found[0]] == \
+        [[h.tokens for h in hyps] for hyps in found[1]]
+
+
+@needs_prepack
+def test_a_prepacked_model_steps_through_the_plain_modules_with_gradients():
+    """With gradients on (eval mode) or in training mode a prepacked model's step is the plain
+    one, so the decoder's embedding and LSTM get their gradients."""
+    _, packed = _plain_and_prepacked("bahdanau")
+    src, lengths = torch.randint(4, 20, (2, 5)), torch.tensor([5, 3])
+    decoder = packed.decoder
+    for training in (False, True):
+        packed.train(training)
+        packed.zero_grad()
+        memory, state = packed.encode(src, lengths)
+        log_probs, _, _ = packed.step(torch.tensor([4, 17]), state, memory)
+        log_probs.sum().backward()
+        assert decoder.embedding.weight.grad[[4, 17]].abs().sum() > 0
+        assert decoder.rnn.lstm.weight_ih_l0.grad.abs().sum() > 0
+
+
+@needs_prepack
 def test_the_memory_is_folded_for_several_rows_per_sentence_without_gradients_only():
     _, packed = _plain_and_prepacked("bahdanau")
     src, lengths = torch.randint(4, 20, (2, 5)), torch.tensor([5, 5])

@@ -37,11 +37,37 @@ def test_products_equal_torch_s_on_views_and_with_bias(kernel):
 
 @needs_onednn
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # flags() sets it too
-def test_only_float32_cpu_tensors_go_to_onednn_and_only_while_it_is_enabled():
+def test_only_float32_cpu_tensors_go_to_onednn_and_only_while_it_is_enabled(monkeypatch):
+    monkeypatch.setattr(products, "_ONEDNN", True)  # as on a CPU where oneDNN is preferred
     assert products.on_onednn(torch.ones(2, 2))
     assert not products.on_onednn(torch.ones(2, 2, dtype=torch.float64))  # oneDNN refuses it
     with torch.backends.mkldnn.flags(enabled=False):
         assert not products.on_onednn(torch.ones(2, 2))
+
+
+@needs_onednn
+def test_onednn_is_preferred_except_where_mkl_runs_its_best_kernels():
+    assert products.onednn_preferred("AuthenticAMD")
+    assert products.onednn_preferred("")  # unknown: oneDNN, as where it was measured faster
+    assert not products.onednn_preferred("GenuineIntel")
+    assert products._ONEDNN == products.onednn_preferred(products.cpu_vendor())
+
+
+def test_the_cpu_vendor_is_read_from_proc_cpuinfo(tmp_path, monkeypatch):
+    vendor = products.cpu_vendor()
+    assert isinstance(vendor, str) and "\n" not in vendor
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            path = tmp_path / "cpuinfo"
+            path.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert products.cpu_vendor() == "AuthenticAMD"
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert products.cpu_vendor() == ""
 
 
 def test_a_weight_changed_in_place_is_read_afresh(kernel):
