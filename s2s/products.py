@@ -28,17 +28,22 @@ def onednn_available() -> bool:
             and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id as /proc/cpuinfo gives it ("GenuineIntel", "AuthenticAMD", …;
-    "" where there is none)."""
+def cpuinfo(field: str) -> str:
+    """The first value of ``field`` in /proc/cpuinfo ("" where there is none)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8") as lines:
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", …; "" where unknown)."""
+    return cpuinfo("vendor_id")
 
 
 def onednn_preferred(vendor: Optional[str] = None) -> bool:

@@ -44,6 +44,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from s2s.products import cpuinfo  # noqa: E402
+
 PEERS_DIR = ROOT.parent / "shared" / "bench" / "peers"
 TEST = "test_2016_flickr"
 
@@ -409,7 +413,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         s2s, luong, peers, trained = measure_round(args, runs, peers_first=index % 2 == 1)
         results.append((s2s, luong, peers))
         print()
-        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; s2s torch threads "
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs "
+              f"({cpuinfo('model name') or 'model unknown'}); s2s torch threads "
               f"{trained['threads']}; padding efficiency (target) "
               f"{trained['tgt_padding_efficiency']:.1%}")
         print(table(s2s, luong, peers))
@@ -417,8 +422,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.rounds > 1 and results[0][2]:
         print(median_table(results))
     if args.json:
-        rounds = [{"s2s": s2s, "s2s_luong": luong, "peers": peers}
-                  for s2s, luong, peers in results]
+        rounds = [{"s2s": s2s, "s2s_luong": luong, "peers": peers,
+                   "cpu": cpuinfo("model name")} for s2s, luong, peers in results]
         args.json.write_text(json.dumps(rounds[0] if args.rounds == 1 else {"rounds": rounds},
                                         indent=1))
     return 0

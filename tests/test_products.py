@@ -53,7 +53,7 @@ def test_onednn_is_preferred_except_where_mkl_runs_its_best_kernels():
     assert products._ONEDNN == products.onednn_preferred(products.cpu_vendor())
 
 
-def test_the_cpu_vendor_is_read_from_proc_cpuinfo(tmp_path, monkeypatch):
+def test_the_cpu_vendor_and_model_are_read_from_proc_cpuinfo(tmp_path, monkeypatch):
     vendor = products.cpu_vendor()
     assert isinstance(vendor, str) and "\n" not in vendor
     real_open = open
@@ -61,11 +61,15 @@ def test_the_cpu_vendor_is_read_from_proc_cpuinfo(tmp_path, monkeypatch):
     def fake_open(path, *args, **kwargs):
         if path == "/proc/cpuinfo":
             path = tmp_path / "cpuinfo"
-            path.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+            path.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                            "model name\t: AMD EPYC 9R14 96-Core Processor\n"
+                            "processor\t: 1\nvendor_id\t: AuthenticAMD\n")
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", fake_open)
     assert products.cpu_vendor() == "AuthenticAMD"
+    assert products.cpuinfo("model name") == "AMD EPYC 9R14 96-Core Processor"
+    assert products.cpuinfo("no such field") == ""
     monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
     assert products.cpu_vendor() == ""
 
