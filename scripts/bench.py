@@ -403,6 +403,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if shutil.which("/usr/bin/time") is None:
         fail("/usr/bin/time is needed for peak RSS (apt install time)")
 
+    cpu = cpuinfo("model name")
     results = []
     for index in range(args.rounds):
         runs = args.runs if args.rounds == 1 else args.runs / f"round{index + 1}"
@@ -414,7 +415,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         results.append((s2s, luong, peers))
         print()
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs "
-              f"({cpuinfo('model name') or 'model unknown'}); s2s torch threads "
+              f"({cpu or 'model unknown'}); s2s torch threads "
               f"{trained['threads']}; padding efficiency (target) "
               f"{trained['tgt_padding_efficiency']:.1%}")
         print(table(s2s, luong, peers))
@@ -423,7 +424,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(median_table(results))
     if args.json:
         rounds = [{"s2s": s2s, "s2s_luong": luong, "peers": peers,
-                   "cpu": cpuinfo("model name")} for s2s, luong, peers in results]
+                   "cpu": cpu} for s2s, luong, peers in results]
         args.json.write_text(json.dumps(rounds[0] if args.rounds == 1 else {"rounds": rounds},
                                         indent=1))
     return 0
