@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from s2s.dropout import Dropout
-from s2s.recurrent import packed_layout, packed_lstm
+from s2s.recurrent import fused_rnn_available, packed_layout, packed_lstm, segmented_lstm
 
 
 class EncoderOutput(NamedTuple):
@@ -43,21 +43,30 @@ class Encoder(nn.Module):
     def forward(self, src: Tensor, lengths: Tensor, reference: bool = False) -> EncoderOutput:
         """src ``[B, S]`` token ids, lengths ``[B]`` (on the CPU or the device).
 
-        In training on the CPU the LSTM runs as :func:`~s2s.recurrent.packed_lstm` (same
-        parameters, same results; ``nn.LSTM`` over packed sequences projects every step's input
-        separately and leaves a per-step graph for autograd, which costs in the backward);
-        otherwise, or with ``reference``, as ``nn.LSTM`` (its forward alone is as fast).
+        On the CPU (same parameters, same results to float rounding): in training the LSTM runs
+        as :func:`~s2s.recurrent.packed_lstm` (``nn.LSTM`` over packed sequences projects every
+        step's input separately and leaves a per-step graph for autograd, which costs in the
+        backward); with no gradient as :func:`~s2s.recurrent.segmented_lstm`, oneDNN's fused RNN
+        over runs of sentences without padding. Otherwise (CUDA, an int8 LSTM), or with
+        ``reference``, as ``nn.LSTM`` over packed sequences.
         """
         embedded = self.dropout(self.embedding(src))
         if reference or not self._runs_by_hand(src):
             states, final_hidden, final_cell = self._run_module(embedded, lengths)
-        else:
+        elif torch.is_grad_enabled():
             states, final_hidden, final_cell = self._run_by_hand(embedded, lengths)
+        else:
+            states, final_hidden, final_cell = segmented_lstm(embedded, lengths, self.rnn)
         return EncoderOutput(self.dropout(states), final_hidden, final_cell)
 
     def _runs_by_hand(self, src: Tensor) -> bool:
-        # not an int8 (dynamically quantized) LSTM: it has no float weights to hand over
-        return src.device.type == "cpu" and torch.is_grad_enabled() and type(self.rnn) is nn.LSTM
+        """Whether :func:`packed_lstm` (training) or :func:`segmented_lstm` (no gradient) runs
+        the LSTM: on the CPU, in float32 with oneDNN for the latter, and not an int8
+        (dynamically quantized) LSTM, which has no float weights to hand over."""
+        if src.device.type != "cpu" or type(self.rnn) is not nn.LSTM:
+            return False
+        return torch.is_grad_enabled() or (fused_rnn_available()
+                                           and self.rnn.weight_ih_l0.dtype == torch.float32)
 
     def _run_module(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,

@@ -13,7 +13,8 @@ from s2s.encoder import Encoder
 from s2s.inference import quantize_int8
 from s2s.model import build_model
 from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
-from s2s.recurrent import attentive_lstm, packed_layout, step_product
+from s2s.recurrent import (Segment, attentive_lstm, fused_rnn_available, length_segments,
+                          packed_layout, step_product)
 from s2s.search import search
 from s2s.tokenizer import SPECIAL
 from tests.conftest import tiny_model, tiny_model_config
@@ -384,3 +385,41 @@ def test_encoder_by_hand_equals_nn_lstm(bidirectional, num_layers, dtype):
     assert torch.all(by_hand.states[src == 0] == 0)
     for name, grad in module_grads.items():
         torch.testing.assert_close(hand_grads[name], grad, msg=name)
+
+
+# ------------------------------------------------- the encoder's LSTM with no gradient (oneDNN)
+def test_length_segments_run_each_row_over_its_real_steps():
+    # sorted lengths 7, 7, 5, 3, 1 → steps 0 all rows, 1-2 four, 3-4 three, 5-6 two
+    assert length_segments([7, 7, 5, 3, 1]) == [Segment(5, 0, 1), Segment(4, 1, 3),
+                                                 Segment(3, 3, 5), Segment(2, 5, 7)]
+    assert length_segments([4, 4]) == [Segment(2, 0, 4)]
+
+
+@pytest.mark.skipif(not fused_rnn_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("bidirectional,num_layers", [(True, 1), (True, 2), (False, 1),
+                                                      (False, 3)])
+def test_encoder_without_gradient_equals_nn_lstm(bidirectional, num_layers):
+    """With no gradient the CPU encoder runs s2s.recurrent.segmented_lstm: its states and final
+    states equal nn.LSTM's over packed sequences (tied lengths, a one-token sentence, padding
+    past the longest sentence), zero on padding, and stay so in a batch of equal lengths."""
+    torch.manual_seed(0)
+    encoder = Encoder(30, 6, 5, num_layers, bidirectional, dropout=0.3, pad_id=0).eval()
+    for lengths in (torch.tensor([4, 7, 1, 7, 3, 5]), torch.tensor([6, 6, 6])):
+        src = torch.randint(1, 30, (len(lengths), 9))
+        src[torch.arange(9) >= lengths[:, None]] = 0
+        with torch.no_grad():
+            assert encoder._runs_by_hand(src)
+            fused, module = encoder(src, lengths), encoder(src, lengths, reference=True)
+        for name, ours, theirs in zip(fused._fields, fused, module):
+            torch.testing.assert_close(ours, theirs, msg=name)
+        assert torch.all(fused.states[src == 0] == 0)
+
+
+def test_encoder_without_gradient_leaves_int8_and_float64_lstms_to_nn_lstm():
+    encoder = Encoder(30, 6, 5, 1, True, dropout=0.0, pad_id=0).double().eval()
+    src = torch.randint(1, 30, (2, 4))
+    with torch.no_grad():
+        assert not encoder._runs_by_hand(src)
+    quantized = quantize_int8(Encoder(30, 6, 5, 1, True, dropout=0.0, pad_id=0).eval())
+    with torch.no_grad():
+        assert not quantized._runs_by_hand(src)
