@@ -43,30 +43,32 @@ class Encoder(nn.Module):
     def forward(self, src: Tensor, lengths: Tensor, reference: bool = False) -> EncoderOutput:
         """src ``[B, S]`` token ids, lengths ``[B]`` (on the CPU or the device).
 
-        On the CPU (same parameters, same results to float rounding): in training the LSTM runs
-        as :func:`~s2s.recurrent.packed_lstm` (``nn.LSTM`` over packed sequences projects every
-        step's input separately and leaves a per-step graph for autograd, which costs in the
-        backward); with no gradient as :func:`~s2s.recurrent.segmented_lstm`, oneDNN's fused RNN
-        over runs of sentences without padding. Otherwise (CUDA, an int8 LSTM), or with
-        ``reference``, as ``nn.LSTM`` over packed sequences.
+        On the CPU in float32 with oneDNN (same parameters, same results to float rounding) the
+        LSTM runs as :func:`~s2s.recurrent.segmented_lstm`, oneDNN's fused RNN over runs of
+        sentences without padding; on the CPU otherwise (float64, a build without oneDNN) in
+        training as :func:`~s2s.recurrent.packed_lstm` (``nn.LSTM`` over packed sequences
+        projects every step's input separately and leaves a per-step graph for autograd). On a
+        GPU, for an int8 LSTM, or with ``reference``: ``nn.LSTM`` over packed sequences.
         """
         embedded = self.dropout(self.embedding(src))
-        if reference or not self._runs_by_hand(src):
-            states, final_hidden, final_cell = self._run_module(embedded, lengths)
-        elif torch.is_grad_enabled():
+        path = "module" if reference else self._path(src)
+        if path == "fused":
+            states, final_hidden, final_cell = segmented_lstm(embedded, lengths, self.rnn,
+                                                              self.training)
+        elif path == "by hand":
             states, final_hidden, final_cell = self._run_by_hand(embedded, lengths)
         else:
-            states, final_hidden, final_cell = segmented_lstm(embedded, lengths, self.rnn)
+            states, final_hidden, final_cell = self._run_module(embedded, lengths)
         return EncoderOutput(self.dropout(states), final_hidden, final_cell)
 
-    def _runs_by_hand(self, src: Tensor) -> bool:
-        """Whether :func:`packed_lstm` (training) or :func:`segmented_lstm` (no gradient) runs
-        the LSTM: on the CPU, in float32 with oneDNN for the latter, and not an int8
-        (dynamically quantized) LSTM, which has no float weights to hand over."""
+    def _path(self, src: Tensor) -> str:
+        """How :meth:`forward` runs the LSTM: "fused", "by hand" or "module" (see there). An
+        int8 (dynamically quantized) LSTM has no float weights to hand over."""
         if src.device.type != "cpu" or type(self.rnn) is not nn.LSTM:
-            return False
-        return torch.is_grad_enabled() or (fused_rnn_available()
-                                           and self.rnn.weight_ih_l0.dtype == torch.float32)
+            return "module"
+        if fused_rnn_available() and self.rnn.weight_ih_l0.dtype == torch.float32:
+            return "fused"
+        return "by hand" if torch.is_grad_enabled() else "module"
 
     def _run_module(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,

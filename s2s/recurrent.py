@@ -1,5 +1,7 @@
 """Recurrences run by hand, forward and backward through time: the teacher-forced Bahdanau
-decoder (:func:`attentive_lstm`) and the encoder's packed (bi)LSTM (:func:`packed_lstm`).
+decoder (:func:`attentive_lstm`) and the encoder's packed (bi)LSTM (:func:`packed_lstm`); and
+the encoder's (bi)LSTM as oneDNN's fused RNN over sentences of equal length
+(:func:`segmented_lstm`).
 
 At step t of the decoder (B sentences, S source positions, H = decoder size, A = attention
 size, C = context size, gates in ``nn.LSTM``'s order i, f, g, o):
@@ -28,6 +30,8 @@ The encoder's LSTM over packed sentences is the same idea without attention: ``n
 CPU projects each step's inputs separately and leaves a per-step graph for autograd;
 :func:`packed_lstm` projects all tokens of both directions in one product, runs only
 W_hh s(t-1) step by step (both directions in one batched product) and sums ∂W_hh once.
+Where torch has oneDNN, :func:`segmented_lstm` is faster still, forward and backward (the
+encoder uses it then; :func:`packed_lstm` remains for float64 and builds without oneDNN).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Optional
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from s2s.products import linear, on_onednn, transposed_times
@@ -370,7 +375,7 @@ def packed_lstm(inputs: Tensor, layout: PackedLayout, input_weight: Tensor, bias
     return _PackedLSTM.apply(input_gates, recurrent_weight, layout)
 
 
-# ------------------------------------------------------- the encoder's (bi)LSTM, no gradient
+# ------------------------------------------- the encoder's (bi)LSTM on oneDNN's fused RNN
 class Segment(NamedTuple):
     """Steps ``start``..``end`` − 1, run by the first ``rows`` sentences of a batch sorted
     longest first: those at least ``end`` tokens long."""
@@ -396,21 +401,24 @@ def fused_rnn_available() -> bool:
     return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
-def segmented_lstm(inputs: Tensor, lengths: Tensor,
-                   lstm: torch.nn.LSTM) -> tuple[Tensor, Tensor, Tensor]:
-    """``lstm`` (batch-first, biased, no projection) over padded sentences, with no graph.
+def segmented_lstm(inputs: Tensor, lengths: Tensor, lstm: nn.LSTM,
+                   training: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``lstm`` (batch-first, biased, no projection) over padded sentences, with autograd.
 
-    inputs ``[B, S, E]``, lengths ``[B]`` (all ≥ 1). Returns the top layer's states
-    ``[B, S, D·H]`` (zero on padding) and its final states and cells ``[B, D·H]`` (directions
-    concatenated), as ``nn.LSTM`` over the packed sentences gives them.
+    inputs ``[B, S, E]``, lengths ``[B]`` (all ≥ 1); ``training``: dropout between layers, as
+    ``lstm.dropout`` says. Returns the top layer's states ``[B, S, D·H]`` (zero on padding) and
+    its final states and cells ``[B, D·H]`` (directions concatenated), as ``nn.LSTM`` over the
+    packed sentences gives them.
 
     ``nn.LSTM`` over packed sentences on the CPU runs step by step on MKL's products, while over
-    a batch without padding it runs as one fused oneDNN RNN (2.5× faster for a bidirectional
-    64 × 20 batch on an AMD host, 1.2× on an Intel one; docs/benchmarks.md, "Ninth round"). So the
-    sentences, sorted longest first, run in :func:`length_segments`: all of them for the
-    shortest one's steps, then those still running from the states they reached, one fused call
-    per distinct length and direction. A length-sorted batch (search sorts its sentences) has
-    a few distinct lengths. The reverse direction reads each sentence backwards within its own
+    a batch without padding it runs as one fused oneDNN RNN, forward and backward (on a Zen 5
+    host: 2.5× faster for a bidirectional 64 × 20 batch with no gradient, 1.7× forward and
+    backward against :func:`packed_lstm`; docs/benchmarks.md, "Ninth round"). So the sentences,
+    sorted longest first, run in :func:`length_segments`: all of them for the shortest one's
+    steps, then those still running from the states they reached — one fused call per distinct
+    length and direction (the oneDNN RNN example "rnn_training_f32" splits a batch the same
+    way). Search sorts its batches by length and training buckets them, so a batch has a few
+    distinct lengths. The reverse direction reads each sentence backwards within its own
     length, so its segments are the same.
     """
     batch, padded_length, _ = inputs.shape
@@ -425,6 +433,8 @@ def segmented_lstm(inputs: Tensor, lengths: Tensor,
     directions = 2 if lstm.bidirectional else 1
     x = inputs.index_select(0, order.to(inputs.device))
     for layer in range(lstm.num_layers):
+        if layer:
+            x = F.dropout(x, lstm.dropout, training)
         outputs, finals = [], []
         for direction in range(directions):
             suffix = "_reverse" if direction else ""
@@ -449,16 +459,21 @@ def _reversed_within(x: Tensor, backwards: Tensor) -> Tensor:
 
 def _run_segments(x: Tensor, segments: list[Segment],
                   weights: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """One direction of one layer: states ``[B, S, H]`` (zero where no segment runs) and each
+    """One direction of one layer: states ``[B, S, H]`` (zero past each sentence's end) and each
     sentence's final state and cell ``[B, H]``; x ``[B, S, E]`` sorted longest first."""
     batch, padded_length, _ = x.shape
-    size = weights[1].size(1)
-    state, cell = x.new_zeros(1, batch, size), x.new_zeros(1, batch, size)
-    states = x.new_zeros(batch, padded_length, size)
-    for rows, start, end in segments:
-        out, last_state, last_cell = torch.lstm(
-            x[:rows, start:end], (state[:, :rows], cell[:, :rows]), weights,
-            True, 1, 0.0, False, False, True)  # biases, layers, dropout, train, bidir., batch first
-        states[:rows, start:end] = out
-        state[:, :rows], cell[:, :rows] = last_state, last_cell
-    return states, state[0], cell[0]
+    state = cell = x.new_zeros(1, batch, weights[1].size(1))
+    pieces, final_states, final_cells = [], [], []
+    for i, (rows, start, end) in enumerate(segments):
+        # arguments after the weights: biases, layers, dropout, train (keep what the backward
+        # needs), bidirectional, batch first
+        out, state, cell = torch.lstm(x[:rows, start:end], (state[:, :rows], cell[:, :rows]),
+                                      weights, True, 1, 0.0, torch.is_grad_enabled(), False, True)
+        pieces.append(F.pad(out, (0, 0, 0, 0, 0, batch - rows)))      # rows past the segment: 0
+        running = segments[i + 1].rows if i + 1 < len(segments) else 0
+        final_states.append(state[0, running:rows])                   # the rows that end here
+        final_cells.append(cell[0, running:rows])
+    states = torch.cat(pieces, dim=1)
+    states = F.pad(states, (0, 0, 0, padded_length - states.size(1)))  # steps past the longest
+    # the sentences ended shortest first, i.e. from the last sorted row up
+    return states, torch.cat(final_states[::-1]), torch.cat(final_cells[::-1])

@@ -359,32 +359,55 @@ def test_packed_layout_orders_steps_longest_first():
 
 @pytest.mark.parametrize("bidirectional,num_layers", [(True, 1), (True, 2), (False, 1),
                                                       (False, 3)])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_encoder_by_hand_equals_nn_lstm(bidirectional, num_layers, dtype):
-    """The CPU encoder (s2s.recurrent.packed_lstm) against nn.LSTM over packed sequences:
-    states, final states and every parameter's gradient, with tied lengths, a one-token
-    sentence and padding past the longest sentence."""
+@pytest.mark.parametrize("dtype,onednn", [(torch.float64, True), (torch.float32, True),
+                                          (torch.float32, False)])
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # flags() sets it too
+def test_encoder_in_training_equals_nn_lstm(bidirectional, num_layers, dtype, onednn):
+    """The CPU encoder in training — s2s.recurrent.segmented_lstm on oneDNN in float32,
+    s2s.recurrent.packed_lstm otherwise — against nn.LSTM over packed sequences: states, final
+    states and every parameter's gradient, with tied lengths, a one-token sentence and padding
+    past the longest sentence."""
+    if onednn and dtype == torch.float32 and not fused_rnn_available():
+        pytest.skip("this torch build has no oneDNN")
     torch.manual_seed(0)
     encoder = Encoder(30, 6, 5, num_layers, bidirectional, dropout=0.0, pad_id=0).to(dtype)
     lengths = torch.tensor([4, 7, 1, 7, 3, 5])
     src = torch.randint(1, 30, (6, 9))
     src[torch.arange(9) >= lengths[:, None]] = 0
-    assert encoder._runs_by_hand(src)
     probes = None
     results = []
-    for reference in (False, True):
-        encoder.zero_grad()
-        out = encoder(src, lengths, reference=reference)
-        if probes is None:
-            probes = [torch.randn_like(tensor) for tensor in out]
-        sum((tensor * probe).sum() for tensor, probe in zip(out, probes)).backward()
-        results.append((out, {n: p.grad.clone() for n, p in encoder.named_parameters()}))
-    (by_hand, hand_grads), (module, module_grads) = results
-    for name, ours, theirs in zip(by_hand._fields, by_hand, module):
-        torch.testing.assert_close(ours, theirs, msg=name)
-    assert torch.all(by_hand.states[src == 0] == 0)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        assert encoder._path(src) == ("fused" if onednn and dtype == torch.float32
+                                      else "by hand")
+        for reference in (False, True):
+            encoder.zero_grad()
+            out = encoder(src, lengths, reference=reference)
+            if probes is None:
+                probes = [torch.randn_like(tensor) for tensor in out]
+            sum((tensor * probe).sum() for tensor, probe in zip(out, probes)).backward()
+            results.append((out, {n: p.grad.clone() for n, p in encoder.named_parameters()}))
+    (ours, our_grads), (module, module_grads) = results
+    for name, mine, theirs in zip(ours._fields, ours, module):
+        torch.testing.assert_close(mine, theirs, msg=name)
+    assert torch.all(ours.states[src == 0] == 0)
     for name, grad in module_grads.items():
-        torch.testing.assert_close(hand_grads[name], grad, msg=name)
+        torch.testing.assert_close(our_grads[name], grad, msg=name)
+
+
+@pytest.mark.skipif(not fused_rnn_available(), reason="this torch build has no oneDNN")
+def test_fused_encoder_drops_out_between_layers_in_training_only():
+    torch.manual_seed(0)
+    encoder = Encoder(30, 6, 5, 2, True, dropout=0.5, pad_id=0)
+    encoder.dropout.p = 0.0  # only the LSTM's own dropout between its layers
+    lengths = torch.tensor([4, 7, 2])
+    src = torch.randint(1, 30, (3, 7))
+    src[torch.arange(7) >= lengths[:, None]] = 0
+    assert encoder._path(src) == "fused"
+    trained = encoder(src, lengths).states
+    encoder.eval()
+    evaluated, module = encoder(src, lengths).states, encoder(src, lengths, reference=True).states
+    torch.testing.assert_close(evaluated, module)
+    assert not torch.allclose(trained, evaluated)
 
 
 # ------------------------------------------------- the encoder's LSTM with no gradient (oneDNN)
@@ -408,7 +431,7 @@ def test_encoder_without_gradient_equals_nn_lstm(bidirectional, num_layers):
         src = torch.randint(1, 30, (len(lengths), 9))
         src[torch.arange(9) >= lengths[:, None]] = 0
         with torch.no_grad():
-            assert encoder._runs_by_hand(src)
+            assert encoder._path(src) == "fused"
             fused, module = encoder(src, lengths), encoder(src, lengths, reference=True)
         for name, ours, theirs in zip(fused._fields, fused, module):
             torch.testing.assert_close(ours, theirs, msg=name)
@@ -419,7 +442,8 @@ def test_encoder_without_gradient_leaves_int8_and_float64_lstms_to_nn_lstm():
     encoder = Encoder(30, 6, 5, 1, True, dropout=0.0, pad_id=0).double().eval()
     src = torch.randint(1, 30, (2, 4))
     with torch.no_grad():
-        assert not encoder._runs_by_hand(src)
+        assert encoder._path(src) == "module"
     quantized = quantize_int8(Encoder(30, 6, 5, 1, True, dropout=0.0, pad_id=0).eval())
     with torch.no_grad():
-        assert not quantized._runs_by_hand(src)
+        assert quantized._path(src) == "module"
+    assert quantized._path(src) == "module"
