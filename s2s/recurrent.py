@@ -412,7 +412,7 @@ def segmented_lstm(inputs: Tensor, lengths: Tensor, lstm: nn.LSTM,
 
     ``nn.LSTM`` over packed sentences on the CPU runs step by step on MKL's products, while over
     a batch without padding it runs as one fused oneDNN RNN, forward and backward (on a Zen 5
-    host: 2.5× faster for a bidirectional 64 × 20 batch with no gradient, 1.7× forward and
+    host: 2.5× faster for a bidirectional 64 × 20 batch with no gradient, 1.6× forward and
     backward against :func:`packed_lstm`; docs/benchmarks.md, "Ninth round"). So the sentences,
     sorted longest first, run in :func:`length_segments`: all of them for the shortest one's
     steps, then those still running from the states they reached — one fused call per distinct
