@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from s2s.dropout import Dropout
-from s2s.recurrent import fused_rnn_available, packed_layout, packed_lstm, segmented_lstm
+from s2s.recurrent import (fused_rnn_available, lstm_layer_weights, packed_layout, packed_lstm,
+                           segmented_lstm)
 
 
 class EncoderOutput(NamedTuple):
@@ -102,13 +103,11 @@ class Encoder(nn.Module):
 
     def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
         """W_ih ``[D, 4H, E]``, b_ih + b_hh ``[D, 4H]``, W_hh ``[D, 4H, H]`` of one layer."""
-        suffixes = ["", "_reverse"][:self.num_directions]
-
-        def stacked(name: str) -> Tensor:
-            return torch.stack([getattr(self.rnn, f"{name}_l{layer}{suffix}")
-                                for suffix in suffixes])
-
-        return stacked("weight_ih"), stacked("bias_ih") + stacked("bias_hh"), stacked("weight_hh")
+        directions = [lstm_layer_weights(self.rnn, layer, direction)
+                      for direction in range(self.num_directions)]
+        input_weight, recurrent_weight, input_bias, recurrent_bias = (
+            torch.stack(tensors) for tensors in zip(*directions))
+        return input_weight, input_bias + recurrent_bias, recurrent_weight
 
     def _last_layer(self, final: Tensor) -> Tensor:
         """[layers × directions, B, H] -> [B, directions × H] for the top layer."""

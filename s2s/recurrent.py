@@ -401,6 +401,14 @@ def fused_rnn_available() -> bool:
     return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
+def lstm_layer_weights(lstm: nn.LSTM, layer: int, direction: int) -> list[Tensor]:
+    """W_ih, W_hh, b_ih, b_hh of one layer and direction (1: reverse) of a biased ``lstm``, in
+    the order ``torch.lstm`` takes them."""
+    suffix = "_reverse" if direction else ""
+    return [getattr(lstm, f"{name}_l{layer}{suffix}")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+
 def segmented_lstm(inputs: Tensor, lengths: Tensor, lstm: nn.LSTM,
                    training: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``lstm`` (batch-first, biased, no projection) over padded sentences, with autograd.
@@ -425,23 +433,22 @@ def segmented_lstm(inputs: Tensor, lengths: Tensor, lstm: nn.LSTM,
     lengths = lengths.cpu()
     order = torch.argsort(lengths, descending=True, stable=True)
     sorted_lengths = lengths[order]
-    positions = torch.arange(padded_length)
-    within = positions < sorted_lengths.unsqueeze(1)
-    backwards = torch.where(within, sorted_lengths.unsqueeze(1) - 1 - positions, positions)
-    backwards = backwards.to(inputs.device)          # [B, S]: position read at reversed step t
     segments = length_segments(sorted_lengths.tolist())
     directions = 2 if lstm.bidirectional else 1
+    if directions > 1:
+        positions = torch.arange(padded_length)
+        within = positions < sorted_lengths.unsqueeze(1)
+        backwards = torch.where(within, sorted_lengths.unsqueeze(1) - 1 - positions, positions)
+        backwards = backwards.to(inputs.device)      # [B, S]: position read at reversed step t
     x = inputs.index_select(0, order.to(inputs.device))
     for layer in range(lstm.num_layers):
         if layer:
             x = F.dropout(x, lstm.dropout, training)
         outputs, finals = [], []
         for direction in range(directions):
-            suffix = "_reverse" if direction else ""
-            weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
-                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             read = _reversed_within(x, backwards) if direction else x
-            states, final_state, final_cell = _run_segments(read, segments, weights)
+            states, final_state, final_cell = _run_segments(
+                read, segments, lstm_layer_weights(lstm, layer, direction))
             outputs.append(_reversed_within(states, backwards) if direction else states)
             finals.append((final_state, final_cell))
         x = torch.cat(outputs, dim=-1) if directions > 1 else outputs[0]
