@@ -37,6 +37,18 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+BACKEND_HELP = ("'plain': the model exactly as s2s/model writes it; 'auto': the CPU backend's "
+                "faster equivalents on the CPU, the plain model elsewhere")
+
+
+def add_backend_flag(parser: argparse.ArgumentParser, default: Optional[str] = "auto",
+                     overrides: str = "") -> None:
+    """``--backend auto|plain``; ``overrides``: the config key it overrides, if any."""
+    prefix = f"overrides {overrides}: " if overrides else ""
+    parser.add_argument("--backend", choices=["auto", "plain"], default=default,
+                        help=prefix + BACKEND_HELP + f" (default: {default or overrides})")
+
+
 WORKERS_HELP = ("CPU: batches decoded at once, each in its own thread (default: "
                 "evaluation.workers of the checkpoint's config; 0 = one per torch thread, "
                 "at most 4)")
@@ -79,15 +91,18 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="start afresh in an output_dir that already holds a run")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
                         help="overrides training.device")
+    add_backend_flag(parser, None, "training.backend")
     args = parser.parse_args(argv)
 
-    from s2s.allocator import configure_training_process
+    from s2s.backend import resolve_device, select_backend
     from s2s.config import load_config
-    from s2s.trainer import TrainingStopped, Trainer
+    from s2s.train.trainer import TrainingStopped, Trainer
 
-    configure_training_process()
     config = load_config(args.config, args.overrides)
-    trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    device = resolve_device(args.device or config.training.device)
+    select_backend(args.backend or config.training.backend, device).configure_process("training")
+    trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                      backend=args.backend)
     try:
         trainer.train()
     except TrainingStopped as stop:
@@ -115,11 +130,12 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--int8", action="store_true",
                         help="CPU only: int8 weights for linear layers and LSTMs (faster, "
                              "BLEU within about 0.1)")
+    add_backend_flag(parser)
     parser.add_argument("--output", help="write the translations here, one per line")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
     args = parser.parse_args(argv)
 
-    from s2s.corpus import read_lines
+    from s2s.data.corpus import read_lines
     from s2s.metrics import bleu, chrf, exact_match
 
     if args.hyp:
@@ -155,19 +171,20 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _load_for_decoding(args: argparse.Namespace) -> Translator:
-    """The process set up for decoding (:func:`~s2s.allocator.configure_decoding_process`,
-    before anything runs on oneDNN), then ``--checkpoint`` loaded for ``--device``/``--int8``."""
-    from s2s.allocator import configure_decoding_process
-    from s2s.inference import load_translator
+    """The process set up for decoding by the backend (before anything runs), then
+    ``--checkpoint`` loaded for ``--device``, ``--int8`` and ``--backend``."""
+    from s2s.backend import select_backend
+    from s2s.inference import decoding_device, load_translator
 
-    configure_decoding_process()
-    return load_translator(args.checkpoint, args.device, args.int8)
+    device = decoding_device(args.device, args.int8)
+    select_backend(args.backend, device).configure_process("decoding")
+    return load_translator(args.checkpoint, args.device, args.int8, args.backend)
 
 
 def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
-    from s2s.corpus import read_lines
-    from s2s.data import read_split
-    from s2s.search import decoding_workers
+    from s2s.data.corpus import read_lines
+    from s2s.data.splits import read_split
+    from s2s.search.runner import decoding_workers
 
     translator = _load_for_decoding(args)
     if args.src:
@@ -214,9 +231,10 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--int8", action="store_true",
                         help="CPU only: int8 weights for linear layers and LSTMs (faster, "
                              "BLEU within about 0.1)")
+    add_backend_flag(parser)
     args = parser.parse_args(argv)
 
-    from s2s.corpus import read_lines
+    from s2s.data.corpus import read_lines
 
     translator = _load_for_decoding(args)
     beam = max(args.beam or translator.config.evaluation.beam_size, args.nbest)

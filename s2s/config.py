@@ -102,7 +102,7 @@ class DecoderConfig:
 
 @dataclass
 class ModelConfig:
-    """Sizes of the encoder-decoder and the attention it uses (see ``s2s.attention``)."""
+    """Sizes of the encoder-decoder and the attention it uses (see ``s2s.model.attention``)."""
 
     attention: str = "bahdanau"
     embedding_dim: int = _num(256, 1)
@@ -138,6 +138,7 @@ class EarlyStoppingConfig:
 class TrainingConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "plain"] = "auto"
     num_threads: int = _num(0, 0, doc="0 keeps torch's default")
     output_dir: str = "runs/default"
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -299,7 +300,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
 
 def _check_model(cfg: Config) -> None:
     """Cross-field checks that a single key's type and range cannot express."""
-    from s2s.attention import ATTENTIONS  # imported late: the registry lives with the modules
+    from s2s.model.attention import ATTENTIONS  # imported late: the registry lives there
 
     model = cfg.model
     if model.attention not in ATTENTIONS:

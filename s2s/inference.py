@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
-from s2s.checkpoint import load_checkpoint
+from s2s.backend import resolve_device, select_backend
 from s2s.config import Config, config_from_dict
-from s2s.data import Tokenizers
+from s2s.data.splits import Tokenizers
+from s2s.data.tokenizer import SPECIAL
 from s2s.errors import CheckpointError, ConfigError, DataError
-from s2s.model import Seq2Seq, build_model
-from s2s.prepack import prepack_available, prepack_for_cpu
-from s2s.search import Hypothesis, search
-from s2s.tokenizer import SPECIAL
+from s2s.model.seq2seq import Seq2Seq, build_model
+from s2s.search.common import Hypothesis, SearchModel
+from s2s.search.runner import search
+from s2s.train.checkpoint import load_checkpoint
 
 
 @dataclass
 class Translator:
-    """A model with its tokenizers and config, ready to translate raw sentences."""
+    """A model with its tokenizers and config, ready to translate raw sentences.
+    ``search_model`` is what search runs (default: the model itself; a backend's, from
+    :func:`load_translator`)."""
 
     model: Seq2Seq
     tokenizers: Tokenizers
     config: Config
     device: torch.device
+    search_model: Optional[SearchModel] = None
+
+    def __post_init__(self) -> None:
+        if self.search_model is None:
+            self.search_model = self.model
 
     def translate(self, sentences: Sequence[str], beam_size: int = 1,
                   batch_size: int | None = None, workers: int | None = None) -> list[str]:
@@ -45,7 +51,7 @@ class Translator:
         cleaned = [clean_input(s) for s in sentences]
         wanted = [i for i, text in enumerate(cleaned) if text]  # empty lines are not searched
         sources = self.tokenizers.src.encode_batch([cleaned[i] for i in wanted])
-        results = search(self.model, sources, batch_size or ev.batch_size,
+        results = search(self.search_model, sources, batch_size or ev.batch_size,
                          ev.max_output_length, ev.max_output_ratio,
                          self.device, beam_size=max(beam_size, n_best), alpha=ev.length_penalty,
                          n_best=n_best, keep_attention=keep_attention,
@@ -84,41 +90,25 @@ def model_from_state(state: dict, device: torch.device, source: str = "checkpoin
     return Translator(model, tokenizers, config, device)
 
 
-def load_translator(path: str | Path, device: str = "auto", int8: bool = False,
-                    prepack: bool = True) -> Translator:
-    """Everything needed to translate, from one checkpoint file; ``int8``: see
-    :func:`quantize_int8`. On the CPU the fp32 weights are otherwise prepacked for oneDNN
-    (:mod:`s2s.prepack`: same model, faster steps) unless ``prepack`` is False."""
+def decoding_device(device: str, int8: bool = False) -> torch.device:
+    """The device ``device`` ("auto", "cpu", "cuda") means for decoding; int8 runs on the CPU
+    only ("auto" is the CPU then)."""
     resolved = resolve_device("cpu" if int8 and device == "auto" else device)
     if int8 and resolved.type != "cpu":
         raise ConfigError("int8 decoding runs on the CPU only; add --device cpu")
+    return resolved
+
+
+def load_translator(path: str | Path, device: str = "auto", int8: bool = False,
+                    backend: str = "auto") -> Translator:
+    """Everything needed to translate, from one checkpoint file, on ``device`` with ``backend``
+    ("auto" or "plain", :func:`s2s.backend.select_backend`); ``int8``: int8 weights for the
+    linear layers and LSTMs (the CPU backend's, on the CPU only)."""
+    resolved = decoding_device(device, int8)
+    chosen = select_backend(backend, resolved)
     translator = model_from_state(load_checkpoint(path, map_location="cpu"), resolved, str(path))
     if int8:
-        translator.model = quantize_int8(translator.model)
-    elif prepack and resolved.type == "cpu" and prepack_available():
-        prepack_for_cpu(translator.model)
+        translator.model = chosen.quantize_int8(translator.model)
+    translator.search_model = chosen.prepare_decoding(translator.model)
     return translator
 
-
-def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """Dynamic int8 quantization for CPU decoding: the weights of every linear layer and LSTM
-    are stored as int8 (per tensor) and activations are quantized on the fly, so the output
-    projection and the LSTM steps run as int8 matrix products (fbgemm). Faster, slightly
-    different numbers: on Multi30k BLEU moved by about 0.1 (docs/benchmarks.md)."""
-    quantization = getattr(getattr(torch, "ao", None), "quantization", None)
-    if quantization is None or not hasattr(quantization, "quantize_dynamic"):
-        raise ConfigError(f"int8 decoding needs torch.ao.quantization, which torch "
-                          f"{torch.__version__} does not have; decode without --int8")
-    with warnings.catch_warnings():  # its deprecation notices are not the user's concern
-        warnings.simplefilter("ignore")
-        return quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device; "
-                          "use 'auto' or 'cpu'")
-    return torch.device(name)

@@ -1,7 +1,8 @@
-"""Translation metrics from sacrebleu on detokenized text, plus exact match."""
+"""Translation metrics from sacrebleu on detokenized text, exact match and perplexity."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import sacrebleu
@@ -35,3 +36,8 @@ def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
         return 0.0
     same = sum(h.strip() == r.strip() for h, r in zip(hypotheses, references))
     return 100.0 * same / len(references)
+
+
+def perplexity(nll_sum: float, tokens: int) -> float:
+    """exp(summed negative log-likelihood / tokens), the exponent capped at 100."""
+    return math.exp(min(nll_sum / max(tokens, 1), 100.0))

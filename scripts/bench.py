@@ -46,7 +46,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from s2s.products import cpuinfo  # noqa: E402
+from s2s.cpu.products import cpuinfo  # noqa: E402
 
 PEERS_DIR = ROOT.parent / "shared" / "bench" / "peers"
 TEST = "test_2016_flickr"

@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from s2s.allocator import configure_decoding_process  # noqa: E402
-from s2s.cli import non_negative_int, positive_int, reports_errors  # noqa: E402
-from s2s.corpus import read_lines  # noqa: E402
+from s2s.backend import select_backend  # noqa: E402
+from s2s.cli import (add_backend_flag, non_negative_int, positive_int,  # noqa: E402
+                     reports_errors)
+from s2s.data.corpus import read_lines  # noqa: E402
 from s2s.inference import Translator, load_translator  # noqa: E402
-from s2s.search import decoding_workers  # noqa: E402
+from s2s.search.runner import decoding_workers  # noqa: E402
 
 
 def timed_pass(translator: Translator, sources: list[str], beam: int, batch_size: int,
@@ -46,12 +47,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--int8", action="store_true")
+    add_backend_flag(parser)
     args = parser.parse_args(argv)
-    configure_decoding_process()  # as evaluate.py and translate.py do
-    translator = load_translator(args.checkpoint, "cpu", args.int8)
+    select_backend(args.backend, "cpu").configure_process("decoding")  # as evaluate.py does
+    translator = load_translator(args.checkpoint, "cpu", args.int8, args.backend)
     sources = read_lines(args.src)
     print(f"{len(sources)} sentences, batches of {args.batch_size}, "
-          f"{torch.get_num_threads()} torch threads{', int8' if args.int8 else ''}")
+          f"{torch.get_num_threads()} torch threads, {args.backend} backend"
+          f"{', int8' if args.int8 else ''}")
     for beam in args.beam:
         timed_pass(translator, sources, beam, args.batch_size, args.workers[0])  # warm-up
         seconds: dict[int, list[float]] = {w: [] for w in args.workers}

@@ -5,16 +5,16 @@
 
 For the products of one decoder step (a few dozen to a few hundred rows times a weight) it
 prints GFLOP/s of ``F.linear`` (x·Wᵀ as torch computes it, on MKL), MKL's (W·xᵀ)ᵀ with the
-rows padded to a multiple of 8 (:func:`s2s.recurrent.step_product` without oneDNN), oneDNN's
-linear (:func:`s2s.products.linear`, what the training recurrences use where the CPU is not
-Intel's: :func:`s2s.products.onednn_preferred`) and oneDNN's linear
-with the weight prepacked once (:mod:`s2s.prepack`, used for decoding); then the training
+rows padded to a multiple of 8 (:func:`s2s.cpu.lstm.step_product` without oneDNN), oneDNN's
+linear (:func:`s2s.cpu.products.linear`, what the training recurrences use where the CPU is not
+Intel's: :func:`s2s.cpu.products.onednn_preferred`) and oneDNN's linear
+with the weight prepacked once (:mod:`s2s.cpu.prepack`, used for decoding); then the training
 output layer's three products (logits, ∂x, ∂W over a batch of real target tokens) on MKL,
 with the vocabulary as it is (8,001) and padded to a multiple of 8 rows, and on oneDNN
-(:mod:`s2s.products`), and the whole output layer + loss, forward and backward, as
-``F.linear`` + ``F.cross_entropy`` and as :func:`s2s.loss.linear_cross_entropy` on each; then
+(:mod:`s2s.cpu.products`), and the whole output layer + loss, forward and backward, as
+``F.linear`` + ``F.cross_entropy`` and as :func:`s2s.cpu.loss.linear_cross_entropy` on each; then
 the time to draw and apply a dropout mask with ``torch.nn.Dropout`` and with
-:class:`s2s.dropout.Dropout`.
+:class:`s2s.cpu.dropout.FastDropout`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from s2s.allocator import reuse_large_blocks  # noqa: E402
-from s2s.dropout import Dropout  # noqa: E402
-from s2s.loss import linear_cross_entropy  # noqa: E402
-import s2s.products as products  # noqa: E402
-from s2s.products import onednn_available  # noqa: E402
-from s2s.prepack import _pack, _packed_linear, prepack_available  # noqa: E402
-from s2s.recurrent import step_product  # noqa: E402
+import s2s.cpu.products as products  # noqa: E402
+from s2s.cpu.allocator import reuse_large_blocks  # noqa: E402
+from s2s.cpu.dropout import FastDropout  # noqa: E402
+from s2s.cpu.loss import linear_cross_entropy  # noqa: E402
+from s2s.cpu.lstm import step_product  # noqa: E402
+from s2s.cpu.prepack import pack, packed_linear, prepack_available  # noqa: E402
+from s2s.cpu.products import onednn_available  # noqa: E402
 
 # (rows, in, out): decoder LSTM step, Bahdanau query projection, attentional layer, output
 # projection — at training batch size (~70 sentences) and beam 5 × 64 sentences
@@ -55,7 +55,7 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def on_products(fn: Callable[[], object], onednn: bool) -> Callable[[], object]:
     """``fn`` with s2s's products on oneDNN (``onednn``) or on torch's own (MKL), whatever
-    this CPU gets by default (:func:`s2s.products.onednn_preferred`)."""
+    this CPU gets by default (:func:`s2s.cpu.products.onednn_preferred`)."""
     def run() -> object:
         saved, products._ONEDNN = products._ONEDNN, onednn
         try:
@@ -105,10 +105,10 @@ def output_layer(repeats: int, rows: int = 1100, width: int = 512, vocab: int = 
     print("\n| output layer + loss, forward + backward | ms |")
     print("|---|---|")
     print(f"| F.linear + F.cross_entropy | {seconds(plain, repeats) * 1e3:.1f} |")
-    print(f"| s2s.loss.linear_cross_entropy, MKL | "
+    print(f"| s2s.cpu.loss.linear_cross_entropy, MKL | "
           f"{seconds(on_torch_products(fused), repeats) * 1e3:.1f} |")
     if onednn_available():
-        print(f"| s2s.loss.linear_cross_entropy, oneDNN | "
+        print(f"| s2s.cpu.loss.linear_cross_entropy, oneDNN | "
               f"{seconds(on_onednn_products(fused), repeats) * 1e3:.1f} |")
 
 
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         if prepack_available():
             product = on_onednn_products(lambda: products.linear(x, weight))
             onednn = f"{flops / seconds(product, args.repeats):.0f}"
-            w = _pack(weight)
-            packed = f"{flops / seconds(lambda: _packed_linear(x, w, None), args.repeats):.0f}"
+            w = pack(weight)
+            packed = f"{flops / seconds(lambda: packed_linear(x, w, None), args.repeats):.0f}"
         print(f"| {rows} × {fan_in} → {fan_out} | {plain:.0f} | {stepped:.0f} | {onednn} | "
               f"{packed} |")
     output_layer(args.repeats)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     for shape in [(70, 512), (1100, 512), (20, 70, 512)]:
         x = torch.randn(shape)
-        plain_drop, fast_drop = torch.nn.Dropout(0.2).train(), Dropout(0.2).train()
+        plain_drop, fast_drop = torch.nn.Dropout(0.2).train(), FastDropout(0.2).train()
         a = seconds(lambda: plain_drop(x), args.repeats) * 1e3
         b = seconds(lambda: fast_drop(x), args.repeats) * 1e3
         print(f"| {list(shape)} | {a:.2f} | {b:.2f} |")

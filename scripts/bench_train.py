@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from s2s.allocator import configure_training_process  # noqa: E402
-from s2s.cli import positive_int, reports_errors  # noqa: E402
+from s2s.backend import resolve_device, select_backend  # noqa: E402
+from s2s.cli import add_backend_flag, positive_int, reports_errors  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.trainer import Trainer  # noqa: E402
+from s2s.train.trainer import Trainer, UpdateRecord  # noqa: E402
 
 
 def padding_efficiency(trainer: Trainer) -> tuple[float, float]:
@@ -49,23 +49,26 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", metavar="DIR",
                         help="train in DIR and keep its checkpoint (default: a temporary folder)")
+    add_backend_flag(parser, None, "training.backend")
     args = parser.parse_args(argv)
     if args.steps < 10:
         parser.error("--steps must be at least 10")
-    configure_training_process()  # as train.py does
+    records: list[UpdateRecord] = []
     with tempfile.TemporaryDirectory() as scratch:
         out = args.keep or scratch
         config = load_config(args.config, args.overrides + [
             f"training.output_dir={out}", f"training.max_steps={args.steps}",
             f"training.validate_every={10**9}", "training.progress_bar=false",
             f"training.log_every={10**9}"])
-        trainer = Trainer(config, device=None)
+        backend = args.backend or config.training.backend
+        select_backend(backend, resolve_device(config.training.device)).configure_process(
+            "training")  # as train.py does
+        trainer = Trainer(config, backend=backend, on_update=records.append)
         trainer.valid_split = None  # throughput only: no validation, no final decode
         trainer.train()
-    records = trainer.step_records
     skip = max(1, len(records) // 5)
-    (t0, _), (t1, _) = records[skip - 1], records[-1]
-    tokens = sum(n for _, n in records[skip:])
+    t0, t1 = records[skip - 1].time, records[-1].time
+    tokens = sum(record.tokens for record in records[skip:])
     tgt_eff, src_eff = padding_efficiency(trainer)
     result = {
         "config": args.config, "overrides": args.overrides, "steps": len(records),
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
         "tgt_tokens_per_update": tokens / (len(records) - skip),
         "tgt_padding_efficiency": tgt_eff, "src_padding_efficiency": src_eff,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "device": str(trainer.device), "torch": torch.__version__,
+        "device": str(trainer.device), "backend": trainer.backend.name,
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
     }
     if args.json:

@@ -12,10 +12,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from s2s.batching import collate  # noqa: E402
+from s2s.data.batching import collate  # noqa: E402
 from s2s.config import ModelConfig  # noqa: E402
-from s2s.model import build_model  # noqa: E402
-from s2s.tokenizer import SPECIAL  # noqa: E402
+from s2s.cpu import CpuBackend  # noqa: E402
+from s2s.model.seq2seq import build_model  # noqa: E402
+from s2s.data.tokenizer import SPECIAL  # noqa: E402
 
 ATTENTION_NAMES = ["dot", "scaled_dot", "general", "bahdanau", "location", "multihead"]
 SHARED_MIRROR = ROOT.parent / "shared" / "data" / "multi30k"
@@ -36,9 +37,13 @@ def tiny_model_config(attention: str, input_feeding: bool = False, dropout: floa
     return cfg
 
 
-def tiny_model(attention: str, vocab: int = 20, seed: int = 0, **options):
+def tiny_model(attention: str, vocab: int = 20, seed: int = 0, backend: str = "plain",
+               **options):
+    """A tiny model for the toy vocabulary: the plain model, or (``backend="cpu"``) with the
+    CPU backend's training seams filled."""
     torch.manual_seed(seed)
-    return build_model(tiny_model_config(attention, **options), vocab, vocab, SPECIAL, 16)
+    model = build_model(tiny_model_config(attention, **options), vocab, vocab, SPECIAL, 16)
+    return CpuBackend().prepare_training(model) if backend == "cpu" else model
 
 
 def random_batch(seed: int = 0, vocab: int = 20, lengths=((5, 4), (2, 6), (7, 1), (3, 3))):
@@ -48,6 +53,25 @@ def random_batch(seed: int = 0, vocab: int = 20, lengths=((5, 4), (2, 6), (7, 1)
     src = [torch.randint(first, vocab, (s,), generator=gen).tolist() for s, _ in lengths]
     tgt = [torch.randint(first, vocab, (t,), generator=gen).tolist() for _, t in lengths]
     return collate(src, tgt, list(range(len(lengths))))
+
+
+REVERSAL_PAIRS = [([5, 6, 7], [7, 6, 5]), ([8, 9, 10, 11], [11, 10, 9, 8]), ([12, 5], [5, 12]),
+                  ([6, 6, 13], [13, 6, 6]), ([14, 15, 16, 17, 18], [18, 17, 16, 15, 14]),
+                  ([9, 19], [19, 9])]
+
+
+def overfit(model, pairs=REVERSAL_PAIRS, updates: int = 300):
+    """Train ``model`` on one batch of ``pairs`` with Adam; returns the batch and the last
+    update's loss per target token."""
+    batch = collate([p[0] for p in pairs], [p[1] for p in pairs], list(range(len(pairs))))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(updates):
+        optimizer.zero_grad()
+        out = model(batch)
+        (out.loss / out.tokens).backward()
+        optimizer.step()
+    return batch, float(out.loss.detach()) / out.tokens
 
 
 @pytest.fixture
@@ -67,7 +91,7 @@ def toy_run(tmp_path_factory):
     """configs/toy.yaml trained once per test session, unchanged but for the output directory
     (and two attention plots per validation)."""
     from s2s.config import load_config
-    from s2s.trainer import Trainer
+    from s2s.train.trainer import Trainer
 
     out = tmp_path_factory.mktemp("toy")
     config = load_config(ROOT / "configs" / "toy.yaml",

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from s2s.allocator import (_mallopt, configure_decoding_process, configure_training_process,
+from s2s.cpu.allocator import (_mallopt, configure_decoding_process, configure_training_process,
                            reuse_large_blocks)
 
 
@@ -41,7 +41,7 @@ def test_a_threshold_out_of_range_is_refused():
 ARENAS_AFTER_THREADS = """
 import ctypes, os, sys, threading
 import torch
-from s2s.allocator import configure_decoding_process
+from s2s.cpu.allocator import configure_decoding_process
 if sys.argv[1] == "configured":
     assert configure_decoding_process(8)
 blocks = []
@@ -74,7 +74,7 @@ def test_decoding_process_keeps_new_threads_in_one_arena(setting):
 def test_decoding_settings_leave_the_environment_s_own_and_refuse_an_empty_cache(monkeypatch):
     environment = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
     monkeypatch.setattr(os, "environ", environment)  # a stand-in: the real one stays as it is
-    monkeypatch.setattr("s2s.allocator._mallopt", lambda: None)  # leave this process's malloc
+    monkeypatch.setattr("s2s.cpu.allocator._mallopt", lambda: None)  # leave this process's malloc
     assert configure_decoding_process(8) is False
     assert environment == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "8"}
     with pytest.raises(ValueError, match="at least 1"):

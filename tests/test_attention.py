@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from s2s.attention import ATTENTIONS, build_attention
-from tests.conftest import ATTENTION_NAMES
+from s2s.config import config_from_dict
+from s2s.cpu import CpuBackend
+from s2s.model.attention import ATTENTIONS, WEIGHTED_VALUES, Attention, build_attention, register
+from tests.conftest import ATTENTION_NAMES, overfit, random_batch, tiny_model
 
 B, T, S, DQ, DK = 3, 4, 6, 16, 16
 
@@ -119,15 +123,48 @@ def test_multihead_uses_heads_of_size_d_over_h():
         build_attention("multihead", 16, 12, num_heads=3)
 
 
-def test_fast_tanh_matches_torch_tanh_and_its_gradient():
-    from s2s.attention import fast_tanh_
-    x = torch.randn(4, 3, 7, 16) * 4
-    with torch.no_grad():
-        torch.testing.assert_close(fast_tanh_(x.clone()), torch.tanh(x), atol=1e-6, rtol=0)
-    leaf = x.clone().requires_grad_()
-    y = fast_tanh_(leaf * 1.0)
-    weights = torch.randn_like(x)
-    (y * weights).sum().backward()
-    torch.testing.assert_close(leaf.grad, weights * (1 - torch.tanh(x) ** 2), atol=1e-6, rtol=0)
-    leaf64 = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: fast_tanh_(z * 1.0), (leaf64,))
+# ------------------------------------- a new type, as docs/architecture.md adds it
+class CosineAttention(Attention):
+    """score(s, h) = g · cos(s, W h); W h normalized once per batch."""
+
+    speedups = frozenset({WEIGHTED_VALUES})  # its context is weights @ values
+
+    def __init__(self, query_size, key_size, **_):
+        super().__init__(query_size, key_size)
+        self.key_proj = nn.Linear(key_size, query_size, bias=False)
+        self.sharpness = nn.Parameter(torch.tensor(5.0))
+
+    def precompute(self, keys, values):
+        return F.normalize(self.key_proj(keys), dim=-1), values
+
+    def score(self, query, keys):
+        return self.sharpness * torch.bmm(F.normalize(query, dim=-1), keys.transpose(1, 2))
+
+
+@pytest.fixture
+def cosine():
+    register("cosine")(CosineAttention)  # the registry line
+    yield "cosine"
+    del ATTENTIONS["cosine"]
+
+
+def test_a_new_type_is_one_class_and_one_registry_line(cosine):
+    """Selected by name in a config, it keeps the attention contract, computes its equation,
+    runs on both backends alike and lets a tiny model learn a toy task."""
+    config = config_from_dict({"data": {"corpus": "toy"}, "model": {"attention": cosine}})
+    attention = build_attention(config.model.attention, DQ, DK)
+    query, states, mask = inputs()
+    keys, values = attention.precompute(states, states)
+    context, weights = attention(query, keys, values, mask)
+    projected = attention.key_proj(states)
+    cosines = torch.cosine_similarity(query[:, :, None], projected[:, None], dim=-1)
+    expected = torch.softmax((5.0 * cosines).masked_fill(~mask[:, None], -torch.inf), -1)
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(context, expected @ states)
+    plain, fast = tiny_model(cosine), tiny_model(cosine, backend="cpu")
+    batch = random_batch(seed=2)
+    plain_out, fast_out = plain(batch), fast(batch)
+    torch.testing.assert_close(fast_out.loss, plain_out.loss)
+    prepared = CpuBackend().prepare_decoding(tiny_model(cosine).eval())
+    assert prepared.folding is not None  # it declared weighted_values
+    assert overfit(fast, updates=150)[1] < 0.05

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from s2s.checkpoint import save_checkpoint
+from s2s.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = "configs/toy.yaml"
@@ -154,7 +154,7 @@ def test_evaluate_refuses_pickle_that_runs_code(tmp_path):
 
 
 def test_refusal_names_the_blocked_global_not_torch_boilerplate(tmp_path):
-    from s2s.checkpoint import load_checkpoint
+    from s2s.train.checkpoint import load_checkpoint
     from s2s.errors import CheckpointError
 
     path = tmp_path / "evil.pt"

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from s2s import corpus
+from s2s.data import corpus
 from s2s.config import DataConfig, TokenizerConfig
-from s2s.corpus import (MIRROR_ENV, ParallelText, filter_pairs, find_side, multi30k_prefix,
+from s2s.data.corpus import (MIRROR_ENV, ParallelText, filter_pairs, find_side, multi30k_prefix,
                         read_lines, read_parallel)
-from s2s.data import Tokenizers, build_tokenizers, encode_split, load_dataset, read_split
+from s2s.data.splits import Tokenizers, build_tokenizers, encode_split, load_dataset, read_split
 from s2s.errors import DataError
-from s2s.tokenizer import Tokenizer
-from s2s.toy import HELD_OUT_SIZE, reverse, toy_splits
+from s2s.data.tokenizer import Tokenizer
+from s2s.data.toy import HELD_OUT_SIZE, reverse, toy_splits
 
 
 def write(path: Path, lines: list[str]) -> Path:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s2s.loss import linear_cross_entropy
+from s2s.cpu.loss import linear_cross_entropy
 from tests.test_products import kernel  # noqa: F401  (fixture: oneDNN and plain products)
 
 
@@ -42,7 +42,7 @@ def test_matches_linear_then_cross_entropy(vocab, smoothing, bias, kernel):
 
 def test_padding_columns_never_leak_into_the_loss(monkeypatch):
     # the weight is padded only for torch's own product (oneDNN's needs no alignment)
-    monkeypatch.setattr("s2s.products._ONEDNN", False)
+    monkeypatch.setattr("s2s.cpu.products._ONEDNN", False)
     # with V = 37 the weight is padded to 40 rows, 3 of them zero: their zero logits would add 3·e⁰ to
     # every softmax denominator if they were not sliced off, which dominates here because
     # every real logit is far below 0
@@ -65,7 +65,7 @@ def test_a_second_backward_is_refused_instead_of_reading_overwritten_logits():
 
 def test_the_loss_of_an_int8_model_is_close_to_its_float_one():
     # an int8 output layer has no weight tensor: Seq2Seq.forward takes the plain path
-    from s2s.inference import quantize_int8
+    from s2s.cpu.int8 import quantize_int8
     from tests.conftest import random_batch, tiny_model
 
     model = tiny_model("general").eval()

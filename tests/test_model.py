@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2s.batching import collate
-from s2s.model import build_model
-from s2s.tokenizer import SPECIAL
-from tests.conftest import ATTENTION_NAMES, random_batch, tiny_model, tiny_model_config
+from s2s.data.batching import collate
+from s2s.model.decoder import step_by_step
+from s2s.model.seq2seq import build_model
+from s2s.data.tokenizer import SPECIAL
+from tests.conftest import (ATTENTION_NAMES, REVERSAL_PAIRS, overfit, random_batch, tiny_model,
+                            tiny_model_config)
 
 LUONG = [name for name in ATTENTION_NAMES if name != "bahdanau"]
 
@@ -42,25 +44,36 @@ def test_decoder_output_shapes(name):
     assert log_probs.shape == (batch.size, 20) and alpha.shape == (batch.size, batch.src.size(1))
 
 
-@pytest.mark.parametrize("name,num_layers", [(name, 2) for name in ATTENTION_NAMES]
-                         + [("bahdanau", 1), ("general", 1)])
-def test_fast_paths_equal_step_by_step(name, num_layers):
-    """Full teacher forcing without input feeding: the loop-free Luong path, the Bahdanau loop
-    with one attentional product and (one layer) the fused recurrence with its hand-written
-    backward give the loss and gradients of step() after step()."""
-    model = tiny_model(name, num_layers=num_layers)
-    assert model.decoder.runs_loop_free == (name != "bahdanau")
-    batch = random_batch(seed=3)
-    model.eval()  # no dropout, so both paths see identical inputs
-    fast = model(batch)
-    fast.loss.backward()
-    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+def _loss_and_gradients(model, batch, vectors_of=None):
+    """The summed loss of ``batch`` and every parameter's gradient; ``vectors_of(memory,
+    state)`` replaces the decoder's teacher-forced pass."""
     model.zero_grad()
-    slow = model(batch, force_loop=True)
-    slow.loss.backward()
-    torch.testing.assert_close(fast.loss, slow.loss)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(fast_grads[n], p.grad, msg=n)
+    if vectors_of is None:
+        loss = model(batch).loss
+    else:
+        memory, state = model.encode(batch.src, batch.src_lengths)
+        vectors = vectors_of(memory, state)
+        logits = model.decoder.project(vectors[batch.tgt_mask])
+        loss = torch.nn.functional.cross_entropy(logits, batch.tgt_out[batch.tgt_mask],
+                                                 reduction="sum")
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", LUONG)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_the_loop_free_path_equals_step_by_step(name, num_layers):
+    """Luong attention without input feeding: the LSTM over the whole target and one batched
+    attention give the loss and gradients of step() after step()."""
+    model = tiny_model(name, num_layers=num_layers).eval()  # no dropout: the same inputs
+    assert model.decoder.runs_loop_free
+    batch = random_batch(seed=3)
+    loop_free = _loss_and_gradients(model, batch)
+    stepped = _loss_and_gradients(model, batch, lambda memory, state: step_by_step(
+        model.decoder, batch.tgt_in, state, memory)[0])
+    torch.testing.assert_close(loop_free[0], stepped[0])
+    for name_, grad in loop_free[1].items():
+        torch.testing.assert_close(grad, stepped[1][name_], msg=name_)
 
 
 def test_input_feeding_and_bahdanau_take_the_loop():
@@ -133,30 +146,20 @@ def test_tied_embeddings_share_one_matrix():
 @pytest.mark.parametrize("name", ATTENTION_NAMES)
 def test_tiny_model_overfits_a_handful_of_pairs(name):
     """Six reversal pairs are memorized: loss near zero, greedy output exact."""
-    from s2s.search import greedy_search
+    from s2s.search.greedy import greedy_search
 
-    torch.manual_seed(0)
-    pairs = [([5, 6, 7], [7, 6, 5]), ([8, 9, 10, 11], [11, 10, 9, 8]), ([12, 5], [5, 12]),
-             ([6, 6, 13], [13, 6, 6]), ([14, 15, 16, 17, 18], [18, 17, 16, 15, 14]),
-             ([9, 19], [19, 9])]
-    batch = collate([p[0] for p in pairs], [p[1] for p in pairs], list(range(len(pairs))))
     model = tiny_model(name, input_feeding=(name == "general"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    model.train()
-    for _ in range(300):
-        optimizer.zero_grad()
-        out = model(batch)
-        (out.loss / out.tokens).backward()
-        optimizer.step()
-    assert float(out.loss.detach()) / out.tokens < 0.05
+    batch, loss = overfit(model)
+    assert loss < 0.05
     model.eval()
-    hyps = greedy_search(model, batch.src, batch.src_lengths, torch.full((len(pairs),), 8))
-    assert [h.tokens for h in hyps] == [p[1] for p in pairs]
+    hyps = greedy_search(model, batch.src, batch.src_lengths, torch.full((batch.size,), 8))
+    assert [h.tokens for h in hyps] == [p[1] for p in REVERSAL_PAIRS]
 
 
+@pytest.mark.parametrize("backend", ["plain", "cpu"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
-def test_loss_and_gradients_match_torch_cross_entropy(smoothing):
-    model = tiny_model("general").eval()
+def test_loss_and_gradients_match_torch_cross_entropy(smoothing, backend):
+    model = tiny_model("general", backend=backend).eval()
     batch = random_batch(seed=2)
     out = model(batch, label_smoothing=smoothing)
     out.loss.backward()
@@ -177,13 +180,15 @@ def test_loss_and_gradients_match_torch_cross_entropy(smoothing):
         torch.testing.assert_close(fused[name], param.grad, msg=name)
 
 
+@pytest.mark.parametrize("backend", ["plain", "cpu"])
 @pytest.mark.parametrize("input_feeding", [False, True])
 @pytest.mark.parametrize("name", ATTENTION_NAMES)
-def test_gradients_equal_finite_differences(name, input_feeding):
-    """Every hand-written backward on the training path (the fused loss, the energies, the
-    fused Bahdanau recurrence, the fast tanh) against central differences of the whole
-    model's loss in float64, at a few entries of every parameter tensor."""
-    model = tiny_model(name, input_feeding=input_feeding).double().train()
+def test_gradients_equal_finite_differences(name, input_feeding, backend):
+    """Gradients against central differences of the whole model's loss in float64, at a few
+    entries of every parameter tensor: autograd's on the plain model, and on the CPU backend
+    every backward written by hand (the fused loss, the Bahdanau recurrence, the encoder's
+    packed LSTM)."""
+    model = tiny_model(name, input_feeding=input_feeding, backend=backend).double().train()
     batch = random_batch(seed=3)
     model(batch).loss.backward()
     gen = torch.Generator().manual_seed(0)
@@ -212,8 +217,8 @@ def test_attentional_activation_none_leaves_out_the_tanh():
     linear = build_model(cfg, 20, 20, SPECIAL, 16)
     linear.load_state_dict(with_tanh.state_dict())  # same parameters: only ṽ's activation differs
     context, output = torch.randn(3, 16), torch.randn(3, 16)
-    plain = linear.decoder._attentional_vector(context, output)
-    assert torch.allclose(torch.tanh(plain), with_tanh.decoder._attentional_vector(context, output))
+    plain = linear.decoder.attentional_vector(context, output)
+    assert torch.allclose(torch.tanh(plain), with_tanh.decoder.attentional_vector(context, output))
     assert plain.abs().max() > 1.0 or not torch.allclose(plain, torch.tanh(plain))
     batch = random_batch(seed=2)
     assert not torch.allclose(linear(batch).loss, with_tanh(batch).loss)

@@ -1,12 +1,12 @@
-"""s2s.products: oneDNN's products equal torch's, on views too, and the plain fallback."""
+"""s2s.cpu.products: oneDNN's products equal torch's, on views too, and the plain fallback."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import s2s.products as products
-from s2s.products import linear, onednn_available, times, transposed_times
+import s2s.cpu.products as products
+from s2s.cpu.products import linear, onednn_available, times, transposed_times
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch build lacks oneDNN")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2s.checkpoint import load_checkpoint, save_checkpoint
+from s2s.train.checkpoint import load_checkpoint, save_checkpoint
 from s2s.errors import CheckpointError
-from s2s.model import Seq2Seq
-from s2s.trainer import Trainer, TrainingStopped
+from s2s.model.seq2seq import Seq2Seq
+from s2s.train.trainer import Trainer, TrainingStopped
 from tests.test_training import SMALL, TOY, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", (
         "import sys, torch\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from s2s.checkpoint import save_checkpoint\n"
+        "from s2s.train.checkpoint import save_checkpoint\n"
         "big = torch.randn(4_000_000)\n"
         "for i in range(10**6):\n"
         f"    save_checkpoint({{'counter': i, 'weights': big}}, {str(path)!r})\n")])

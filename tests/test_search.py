@@ -8,11 +8,12 @@ import threading
 import pytest
 import torch
 
-from s2s.batching import collate
-from s2s.search import (_top_extensions_plain, beam_search, greedy_search, greedy_stream,
-                        length_penalty, max_output_lengths,
-                        search, top_extensions)
-from s2s.tokenizer import SPECIAL
+from s2s.data.batching import collate
+from s2s.search.beam import _top_extensions_plain, beam_search, top_extensions
+from s2s.search.common import length_penalty, max_output_lengths
+from s2s.search.greedy import greedy_search, greedy_stream
+from s2s.search.runner import search
+from s2s.data.tokenizer import SPECIAL
 from tests.conftest import ATTENTION_NAMES, tiny_model
 
 SOURCES = [[5, 6, 7, 8], [9, 4], [10, 11, 12, 13, 14, 15], [4], [7, 7, 9]]
@@ -142,7 +143,7 @@ class _CountingModel:
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 @pytest.mark.parametrize("n_best", [1, 3])
 def test_stopping_when_unbeatable_changes_no_result(monkeypatch, alpha, n_best):
-    import s2s.search as search_module
+    import s2s.search.beam as search_module
     model = tiny_model("bahdanau", seed=5).eval()
     with torch.no_grad():
         model.decoder.output.weight *= 4.0  # peaked distributions ...
@@ -201,7 +202,7 @@ def test_a_failing_batch_in_a_worker_fails_the_search_and_restores_the_mode():
 
 
 def test_auto_workers_follow_the_threads_on_the_cpu_only(monkeypatch):
-    from s2s.search import MAX_AUTO_WORKERS, decoding_workers
+    from s2s.search.runner import MAX_AUTO_WORKERS, decoding_workers
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert decoding_workers(0, "cpu") == 2
@@ -233,7 +234,7 @@ def test_top_extensions_equal_topk_over_all_sums(vocab, width):
 
 @pytest.mark.parametrize("n_best", [1, 2])
 def test_beam_search_by_vocabulary_blocks_equals_plain_topk(monkeypatch, n_best):
-    import s2s.search as search_module
+    import s2s.search.beam as search_module
     model = tiny_model("bahdanau", seed=17).eval()
     src, lengths = encode(MANY_SOURCES)
     limits = torch.full((len(MANY_SOURCES),), 8)

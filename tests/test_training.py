@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2s.checkpoint import load_checkpoint
+from s2s.train.checkpoint import load_checkpoint
 from s2s.config import load_config
 from s2s.inference import load_translator
-from s2s.toy import reverse, toy_splits
-from s2s.trainer import Trainer
+from s2s.data.toy import reverse, toy_splits
+from s2s.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs" / "toy.yaml"
@@ -56,23 +56,32 @@ def test_checkpoint_alone_translates(toy_run, tmp_path):
     assert sum(h == reverse(s) for h, s in zip(hyps, sources)) >= 49
 
 
-def test_two_runs_with_one_seed_have_identical_losses(tmp_path):
-    first = Trainer(small_config(tmp_path / "a", "training.max_steps=12"))
-    first.train()
-    second = Trainer(small_config(tmp_path / "b", "training.max_steps=12"))
-    second.train()
-    assert len(first.step_losses) == 12
-    assert first.step_losses == second.step_losses
+def train_recording(config, **options) -> tuple[Trainer, list[float]]:
+    """A finished run and its loss per target token at each update."""
+    losses: list[float] = []
+    trainer = Trainer(config, on_update=lambda update: losses.append(update.loss_per_token),
+                      **options)
+    trainer.train()
+    return trainer, losses
+
+
+@pytest.mark.parametrize("backend", ["auto", "plain"])
+def test_two_runs_with_one_seed_have_identical_losses(tmp_path, backend):
+    _, first = train_recording(small_config(tmp_path / "a", "training.max_steps=12"),
+                               backend=backend)
+    _, second = train_recording(small_config(tmp_path / "b", "training.max_steps=12"),
+                                backend=backend)
+    assert len(first) == 12
+    assert first == second
 
 
 def test_resume_continues_exactly(tmp_path):
-    straight = Trainer(small_config(tmp_path / "straight", "training.max_steps=20"))
-    straight.train()
-    half = Trainer(small_config(tmp_path / "split", "training.max_steps=10"))
-    half.train()
-    rest = Trainer(small_config(tmp_path / "split", "training.max_steps=20"), resume="auto")
-    rest.train()
-    assert half.step_losses + rest.step_losses == straight.step_losses
+    straight, straight_losses = train_recording(
+        small_config(tmp_path / "straight", "training.max_steps=20"))
+    _, first_half = train_recording(small_config(tmp_path / "split", "training.max_steps=10"))
+    rest, second_half = train_recording(
+        small_config(tmp_path / "split", "training.max_steps=20"), resume="auto")
+    assert first_half + second_half == straight_losses
     for (name, a), b in zip(straight.model.state_dict().items(), rest.model.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from s2s.inference import load_translator
-from s2s.toy import reverse, toy_splits
+from s2s.data.toy import reverse, toy_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -113,6 +113,25 @@ def test_int8_decoding_keeps_the_toy_task_solved(lonely_checkpoint):
     assert "quantized" in type(translator.model.decoder.output).__module__
     assert "quantized" in type(translator.model.decoder.rnn).__module__
     assert translator.translate(["a b c", ""]) == ["c b a", ""]
+
+
+def test_the_plain_backend_translates_as_the_cpu_backend_does(lonely_checkpoint):
+    cwd = lonely_checkpoint.parent
+    for beam in ("1", "3"):
+        written = []
+        for backend in ("auto", "plain"):
+            output = cwd / f"{backend}{beam}.txt"
+            result = run(ROOT / "evaluate.py", "--checkpoint", lonely_checkpoint, "--split",
+                         "test", "--beam", beam, "--backend", backend, "--output", output,
+                         "--json", cwd=cwd)
+            assert result.returncode == 0, result.stderr
+            written.append(output.read_text(encoding="utf-8"))
+        assert written[0] == written[1] and written[0].count("\n") == 500
+    result = run(ROOT / "scripts" / "translate.py", "--checkpoint", lonely_checkpoint,
+                 "--int8", "--backend", "plain", cwd=cwd, stdin="a b\n")
+    assert result.returncode == 2
+    assert result.stderr == ("error: int8 decoding is part of the CPU backend; leave out "
+                             "--backend plain\n")
 
 
 def test_int8_refuses_cuda(lonely_checkpoint):

@@ -1,16 +1,13 @@
 """Matrix products on the CPU through oneDNN, where torch's own go to MKL.
 
-MKL's sgemm (torch's ``mm``/``addmm``/``linear``) takes its AVX-512 kernels on Intel CPUs
-only. On the AVX-512 AMD hosts these benchmarks ran on in December 2026 it reached 100–150
-GFLOP/s on the model's products and oneDNN's linear 135–200, on every shape the model
-multiplies; on an Intel host (Xeon, AVX-512) MKL ran the training products as fast as oneDNN
-or faster (the output layer's ∂W 318 against 213 GFLOP/s) and training 1.10× faster
-(docs/benchmarks.md, "Eighth round"; ``scripts/bench_kernels.py``). So the products here go
-to oneDNN where the build has it and the CPU is not Intel's (:func:`onednn_preferred`).
-oneDNN's only entry point in torch is its linear, y = x Wᵀ + b, so each product is written
-as one, with the operands in the orientation oneDNN runs fastest. Elsewhere (an Intel CPU, a
-GPU, float64, a build without oneDNN) they are torch's plain products; the results agree to
-float rounding either way.
+MKL's sgemm (behind torch's ``mm``/``addmm``/``linear``) takes its fastest (AVX-512) kernels on
+Intel CPUs only; elsewhere oneDNN's linear runs the model's products faster, while on Intel
+CPUs MKL is as fast or faster (docs/performance.md; ``scripts/bench_kernels.py``). So the
+products here go to oneDNN where the build has it and the CPU is not Intel's
+(:func:`onednn_preferred`). oneDNN's only entry point in torch is its linear, y = x Wᵀ + b, so
+each product is written as one, with the operands in the orientation oneDNN runs fastest.
+Elsewhere (an Intel CPU, float64, a build without oneDNN) they are torch's plain products; the
+results agree to float rounding either way.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
-from s2s.tokenizer import SPECIAL
+from s2s.data.tokenizer import SPECIAL
 
 
 @dataclass

@@ -18,22 +18,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
-from s2s.allocator import reuse_large_blocks
-from s2s.batching import Batch, TokenBatchSampler, collate, sentence_batches
-from s2s.checkpoint import load_checkpoint, save_checkpoint
+from s2s.backend import resolve_device, select_backend
 from s2s.config import Config, config_from_dict, save_config
-from s2s.data import Dataset, EncodedSplit, Tokenizers, load_dataset
+from s2s.data.batching import Batch, TokenBatchSampler, collate, sentence_batches
+from s2s.data.splits import Dataset, EncodedSplit, Tokenizers, load_dataset
+from s2s.data.tokenizer import SPECIAL
 from s2s.errors import CheckpointError, S2SError
-from s2s.inference import resolve_device
-from s2s.metrics import bleu, exact_match
-from s2s.model import Seq2Seq, build_model, count_parameters
-from s2s.search import perplexity, translate_ids
-from s2s.tokenizer import SPECIAL
+from s2s.metrics import bleu, exact_match, perplexity
+from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
+from s2s.search.runner import translate_ids
+from s2s.train.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("s2s")
 
@@ -47,6 +46,21 @@ class TrainingStopped(S2SError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@dataclass
+class UpdateRecord:
+    """What one update reports to ``Trainer(on_update=...)``: its step, summed loss and real
+    target tokens, and ``time.perf_counter()`` at its end."""
+
+    step: int
+    loss: float
+    tokens: int
+    time: float
+
+    @property
+    def loss_per_token(self) -> float:
+        return self.loss / max(self.tokens, 1)
 
 
 @dataclass
@@ -123,10 +137,15 @@ def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
 
 
 class Trainer:
-    """Owns the model, optimizer, scheduler and data order of one training run."""
+    """Owns the model, optimizer, scheduler and data order of one training run.
+
+    ``device`` and ``backend`` override the config's ``training.device``/``training.backend``;
+    ``on_update`` is called after every update with its :class:`UpdateRecord`.
+    """
 
     def __init__(self, config: Config, resume: Optional[str] = None, overwrite: bool = False,
-                 device: Optional[str] = None) -> None:
+                 device: Optional[str] = None, backend: Optional[str] = None,
+                 on_update: Optional[Callable[[UpdateRecord], None]] = None) -> None:
         self.config = config
         self.cfg = config.training
         self.output_dir = Path(self.cfg.output_dir)
@@ -134,8 +153,8 @@ class Trainer:
         self._overwrite = overwrite and checkpoint is None
         setup_logging(self.output_dir, fresh=self._overwrite)
         self.device = resolve_device(device or self.cfg.device)
-        if self.device.type == "cpu" and not reuse_large_blocks():
-            log.debug("malloc keeps returning large blocks to the OS (no glibc mallopt)")
+        self.backend = select_backend(backend or self.cfg.backend, self.device)
+        self.on_update = on_update
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         random.seed(self.cfg.seed)
@@ -146,17 +165,15 @@ class Trainer:
                                           tokenizers, ("train", "valid"))
         self.train_split = self.data.splits["train"]
         self.valid_split = self.data.splits.get("valid")
-        self.model: Seq2Seq = build_model(config.model, len(self.data.tokenizers.src),
-                                          len(self.data.tokenizers.tgt), SPECIAL,
-                                          config.data.max_length + 1).to(self.device)
+        model = build_model(config.model, len(self.data.tokenizers.src),
+                            len(self.data.tokenizers.tgt), SPECIAL, config.data.max_length + 1)
+        self.model: Seq2Seq = self.backend.prepare_training(model.to(self.device))
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.sampler = TokenBatchSampler([len(s) for s in self.train_split.src_ids],
                                          [len(t) for t in self.train_split.tgt_ids],
                                          config.data.batch_tokens, seed=self.cfg.seed)
         self.state = TrainState()
-        self.step_losses: list[float] = []  # loss per target token of each update in this process
-        self.step_records: list[tuple[float, int]] = []  # (perf_counter at the end, tgt tokens)
         self._interrupted: Optional[signal.Signals] = None
         self._plots_work = True
         if checkpoint:
@@ -401,10 +418,10 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         """Run until the step/epoch budget, early stopping or an interrupt."""
-        log.info("model: %s attention, %s parameters, device %s; %d training pairs, "
-                 "%d batches per epoch", self.config.model.attention,
-                 f"{count_parameters(self.model):,}", self.device, len(self.train_split),
-                 len(self.sampler))
+        log.info("model: %s attention, %s parameters, device %s, %s backend; %d training "
+                 "pairs, %d batches per epoch", self.config.model.attention,
+                 f"{count_parameters(self.model):,}", self.device, self.backend.name,
+                 len(self.train_split), len(self.sampler))
         if self._overwrite:  # only now that config, device and data have all been checked
             for old in [*self.output_dir.glob("step_*.pt"), *(
                     self.output_dir / name for name in ("last.pt", "best.pt", "metrics.jsonl"))]:
@@ -436,8 +453,8 @@ class Trainer:
                 break
             loss, tokens = self._update(group)
             self.state.step += 1
-            self.step_losses.append(loss / max(tokens, 1))
-            self.step_records.append((time.perf_counter(), tokens))
+            if self.on_update is not None:
+                self.on_update(UpdateRecord(self.state.step, loss, tokens, time.perf_counter()))
             window_tokens += tokens
             run_tokens += tokens
             window_loss += loss

@@ -7,18 +7,16 @@ W_o ``[V, D]``, b_o ``[V]`` the output layer and y ``[N]`` the gold tokens:
     L    = Σₙ (1 − ε)(lse(x(n)) − x(n)_y(n)) + ε(lse(x(n)) − meanᵥ x(n)ᵥ)
     ∂L/∂x(n) = softmax(x(n)) − (1 − ε)·onehot(y(n)) − ε/V
 
-(cross-entropy with label smoothing ε, summed). The output layer is half the model's
-arithmetic, so this is where the training step's time goes, and three things make it cheaper
-than ``nn.Linear`` followed by ``F.cross_entropy``:
+(cross-entropy with label smoothing ε, summed: :func:`s2s.model.seq2seq.cross_entropy`). The
+output layer is half the model's arithmetic, and three things make it cheaper than
+``nn.Linear`` followed by ``F.cross_entropy``:
 
-- On the CPU its three products (logits, ∂ṽ, ∂W_o) run on oneDNN (:mod:`s2s.products`:
-  1.2–1.5× MKL's on the benchmark hosts). Without oneDNN, W_o is padded with zero rows to a
-  multiple of 8, so the logits' rows are 8-float aligned: MKL's x·Wᵀ runs at ≈ 105 GFLOP/s
-  into a [1100, 8001] result and ≈ 138 into [1100, 8008] (``scripts/bench_kernels.py``,
-  docs/benchmarks.md); the padded columns are sliced off before anything reads them.
-- logsumexp runs over blocks of 64 rows, whose temporaries stay in cache (2.4× faster on a
-  [1100, 8001] batch than over the whole matrix).
-- The gradient is written over the logits in one pass: neither log-probabilities nor a
+- its three products (logits, ∂ṽ, ∂W_o) run where they run fastest (:mod:`s2s.cpu.products`);
+  on MKL, W_o is padded with zero rows to a multiple of 8 so that the logits' rows are 8-float
+  aligned (MKL's product into [N, 8008] runs markedly faster than into [N, 8001]); the padded
+  columns are sliced off before anything reads them;
+- logsumexp runs over blocks of 64 rows, whose temporaries stay in cache;
+- the gradient is written over the logits in one pass: neither log-probabilities nor a
   one-hot nor a second [N, V] buffer is ever allocated.
 """
 
@@ -27,10 +25,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from s2s.products import linear, on_onednn, times, transposed_times
+from s2s.cpu.products import linear, on_onednn, times, transposed_times
+from s2s.model.seq2seq import cross_entropy
 
 _ROW_BLOCK = 64  # rows of logits per logsumexp call
 _ALIGN = 8       # floats: the logits' row length is padded to a multiple of this on the CPU
@@ -38,8 +37,7 @@ _ALIGN = 8       # floats: the logits' row length is padded to a multiple of thi
 
 def _aligned(weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
     """W ``[V, D]`` and b ``[V]`` with zero rows appended up to a multiple of ``_ALIGN``
-    on the CPU (a 16 MB copy takes ≈ 1 ms; the product it speeds up ≈ 85 ms); as they are
-    elsewhere."""
+    on the CPU (the copy costs about 1% of the product it speeds up); as they are elsewhere."""
     vocab = weight.size(0)
     if weight.device.type != "cpu" or vocab % _ALIGN == 0:
         return weight, bias
@@ -120,3 +118,14 @@ def linear_cross_entropy(vectors: Tensor, weight: Tensor, bias: Optional[Tensor]
     and the number of positions whose argmax is the gold token (both without gradient).
     """
     return _LinearCrossEntropy.apply(vectors, weight, bias, gold, smoothing)
+
+
+def fused_cross_entropy(vectors: Tensor, output: nn.Module, gold: Tensor,
+                        smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """The seam ``Seq2Seq.output_loss``: :func:`linear_cross_entropy` over ``output``'s weight
+    and bias; the model's own :func:`~s2s.model.seq2seq.cross_entropy` for an output layer
+    without float weights (int8)."""
+    weight = getattr(output, "weight", None)
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        return cross_entropy(vectors, output, gold, smoothing)
+    return linear_cross_entropy(vectors, weight, output.bias, gold, smoothing)

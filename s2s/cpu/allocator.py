@@ -6,11 +6,9 @@ arena when decoding. The malloc settings need glibc (Linux); elsewhere they do n
 
 glibc's malloc serves every block above a threshold (at most 32 MiB by default) with a fresh
 ``mmap`` and returns it to the kernel on ``free``. A training step allocates its logits
-``[N, V]`` (1,100 × 8,008 floats = 35 MB on the benchmark model) anew each step, so each
-step first-touches its 8,600 pages afresh (≈ 10 ms); on the benchmark model's training steps,
-page faults went from ≈ 5,000 to ≈ 600 per step with the blocks reused (docs/benchmarks.md).
-The :class:`~s2s.trainer.Trainer` makes that setting when it trains on the CPU. Raising the
-mmap and trim thresholds makes malloc serve those blocks from, and return them to, its heap.
+``[N, V]`` (tens of MB) anew each step, so each step first-touches thousands of pages afresh;
+raising the mmap and trim thresholds makes malloc serve those blocks from, and return them to,
+its heap, and the page faults of a training step fall about tenfold (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -58,9 +56,9 @@ def limit_product_caches(primitive_cache: int = PRIMITIVE_CACHE) -> None:
     (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and in torch's ideep layer over it
     (``LRU_CACHE_CAPACITY``), each 1,024 by default: they keep one for every shape and thread
     they meet, and the shapes of s2s's products change with every batch (and in search with
-    every finished sentence). On the benchmark model that held 50–100 MB when decoding and
+    every finished sentence). On the benchmark model that held tens of MB when decoding and
     0.5–1 GB over 250 training updates; the last few shapes are what gets reused (a miss costs
-    ≈ 0.1–0.3 ms; 0 would crash ideep; docs/benchmarks.md).
+    a fraction of a millisecond; 0 would crash ideep).
 
     The variables are set only where the environment does not set them, and take effect only
     if nothing has run on oneDNN yet in this process (both are read once, at first use).
@@ -71,17 +69,19 @@ def limit_product_caches(primitive_cache: int = PRIMITIVE_CACHE) -> None:
         os.environ.setdefault(variable, str(primitive_cache))
 
 
-def configure_training_process(primitive_cache: int = PRIMITIVE_CACHE) -> None:
+def configure_training_process(primitive_cache: int = PRIMITIVE_CACHE) -> bool:
     """Settings for a process that trains, made before anything runs:
-    :func:`limit_product_caches` (train.py and scripts/bench_train.py call it)."""
+    :func:`limit_product_caches` and :func:`reuse_large_blocks`. Returns whether the latter
+    took effect."""
     limit_product_caches(primitive_cache)
+    return reuse_large_blocks()
 
 
 def configure_decoding_process(primitive_cache: int = PRIMITIVE_CACHE) -> bool:
-    """Settings for a process that decodes with worker threads (:func:`s2s.search.search`),
+    """Settings for a process that decodes with worker threads (:func:`s2s.search.runner.search`),
     made before the model is loaded: :func:`limit_product_caches`, and malloc one arena for
-    threads started from now on (each decoding thread grew its own: beam 5 on two workers
-    peaked 60–110 MB above one batch at a time with both left to their defaults).
+    threads started from now on (each decoding thread would grow its own, and two workers'
+    peak memory several times that of one).
 
     Returns whether the arena cap took effect (False without glibc).
     """

@@ -1,4 +1,5 @@
-"""The speed-motivated building blocks agree with the plain torch operations they replace."""
+"""The CPU backend's building blocks agree with the plain torch operations they replace.
+(tests/test_backend.py holds whole models on the two backends to each other.)"""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from s2s.attention import build_attention
-from s2s.decoder import FoldedMemory, Memory
-from s2s.dropout import Dropout
-from s2s.encoder import Encoder
-from s2s.inference import quantize_int8
-from s2s.model import build_model
-from s2s.prepack import PrepackedLinear, PrepackedLSTM, prepack_available, prepack_for_cpu
-from s2s.recurrent import (Segment, attentive_lstm, fused_rnn_available, length_segments,
-                          packed_layout, step_product)
-from s2s.search import search
-from s2s.tokenizer import SPECIAL
+from s2s.cpu import CpuBackend
+from s2s.cpu.bahdanau import attentive_lstm
+from s2s.cpu.decoding import AdditiveDecodingAttention
+from s2s.cpu.dropout import FastDropout, step_masks
+from s2s.cpu.folding import FoldedMemory
+from s2s.cpu.int8 import quantize_int8
+from s2s.cpu.lstm import (Segment, encoder_path, fused_rnn_available, length_segments,
+                          packed_layout, run_encoder_lstm, step_product)
+from s2s.cpu.prepack import PrepackedLinear, PrepackedLSTM, prepack_available
+from s2s.data.tokenizer import SPECIAL
+from s2s.model.attention import build_attention
+from s2s.model.decoder import Memory
+from s2s.model.encoder import Encoder, run_packed
+from s2s.model.seq2seq import build_model
+from s2s.search.runner import search
 from tests.conftest import tiny_model, tiny_model_config
 
 needs_prepack = pytest.mark.skipif(not prepack_available(), reason="torch build lacks oneDNN")
@@ -25,7 +30,7 @@ needs_prepack = pytest.mark.skipif(not prepack_available(), reason="torch build 
 # ------------------------------------------------------------------------------- dropout
 def test_dropout_keeps_with_probability_1_minus_p_and_rescales():
     torch.manual_seed(0)
-    drop = Dropout(0.3).train()
+    drop = FastDropout(0.3).train()
     x = torch.ones(400, 500)
     y = drop(x)
     values = torch.unique(y).tolist()
@@ -36,7 +41,7 @@ def test_dropout_keeps_with_probability_1_minus_p_and_rescales():
 
 def test_dropout_gradient_is_the_mask():
     torch.manual_seed(1)
-    drop = Dropout(0.5).train()
+    drop = FastDropout(0.5).train()
     x = torch.randn(64, 32, requires_grad=True)
     y = drop(x)
     y.sum().backward()
@@ -45,10 +50,11 @@ def test_dropout_gradient_is_the_mask():
 
 def test_dropout_is_identity_in_eval_and_at_p0_and_masks_are_none():
     x = torch.randn(8, 4)
-    assert torch.equal(Dropout(0.4).eval()(x), x)
-    assert torch.equal(Dropout(0.0).train()(x), x)
-    assert Dropout(0.4).eval().masks((3, 8, 4), x) is None
-    masks = Dropout(0.4).train().masks((3, 8, 4), x)
+    assert torch.equal(FastDropout(0.4).eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    assert step_masks(nn.Dropout(0.4).eval(), (3, 8, 4), x) is None
+    assert step_masks(nn.Dropout(0.0).train(), (3, 8, 4), x) is None
+    masks = step_masks(nn.Dropout(0.4).train(), (3, 8, 4), x)
     assert masks.shape == (3, 8, 4)
     assert all(v == 0.0 or v == pytest.approx(1 / 0.6) for v in torch.unique(masks).tolist())
 
@@ -61,7 +67,7 @@ def test_step_product_is_x_times_w_transposed():
 
 def _attentive_lstm_reference(known_gates, hidden, cell, keys, values, query_weight,
                               energy_weight, recurrent_weight, mask, context_masks):
-    """The recurrence of s2s.recurrent's docstring in plain torch operations (autograd)."""
+    """The recurrence of s2s.cpu.bahdanau's docstring in plain torch operations (autograd)."""
     contexts, states, weights = [], [], []
     for t in range(known_gates.size(1)):
         energies = torch.tanh(keys + (hidden @ query_weight.t()).unsqueeze(1)) @ energy_weight
@@ -125,36 +131,24 @@ def test_attentive_lstm_equals_autograd_through_plain_ops(dtype, batch, dropout)
         torch.testing.assert_close(fused_grads[name], plain_grads[name], msg=name, **tolerance)
 
 
-def test_bahdanau_energies_and_gradients_equal_autograd():
-    """The hand-written backward of wᵀ tanh(W₂h + W₁s) against autograd's on plain torch ops."""
-    attention = build_attention("bahdanau", query_size=6, key_size=5, attention_size=7)
-    gen = torch.Generator().manual_seed(3)
-    keys = torch.randn(2, 4, 7, generator=gen, requires_grad=True)       # W₂h [B, S, A]
-    projected = torch.randn(2, 3, 7, generator=gen, requires_grad=True)  # W₁s [B, T, A]
-    upstream = torch.randn(2, 3, 4, generator=gen)
-    energies = attention._energies(projected, keys)
-    (energies * upstream).sum().backward()
-    fused = [keys.grad, projected.grad, attention.energy.weight.grad]
-    keys.grad = projected.grad = attention.energy.weight.grad = None
-    plain = attention.energy(torch.tanh(keys.unsqueeze(1) + projected.unsqueeze(2))).squeeze(-1)
-    (plain * upstream).sum().backward()
-    torch.testing.assert_close(energies, plain)
-    for got, want in zip(fused, [keys.grad, projected.grad, attention.energy.weight.grad]):
-        torch.testing.assert_close(got, want)
-
-
-def test_bahdanau_decoding_energies_equal_the_training_ones():
-    """Without gradients the energies are computed as 2·wᵀσ(2z) − Σw; also for int8 modules."""
+def test_bahdanau_decoding_energies_equal_the_plain_ones():
+    """Without gradients the CPU backend's Bahdanau attention computes 2·wᵀσ(2z) − Σw; also
+    over int8 layers, and with gradients it is the plain module."""
     torch.manual_seed(7)
     attention = build_attention("bahdanau", 6, 10)
+    fast = AdditiveDecodingAttention(attention)
     keys, values = attention.precompute(torch.randn(3, 5, 10), torch.randn(3, 5, 10))
+    mask = torch.tensor([[True] * 5, [True] * 2 + [False] * 3, [True] + [False] * 4])
     query = torch.randn(3, 2, 6)
-    training = attention.score(query, keys)
+    plain = attention(query, keys, values, mask)
+    for got, want in zip(fast(query, keys, values, mask), plain):  # gradients on: the module
+        assert torch.equal(got, want)
     with torch.no_grad():
-        torch.testing.assert_close(attention.score(query, keys), training.detach())
-        int8 = quantize_int8(attention)
-        torch.testing.assert_close(int8.score(query, keys), training.detach(), atol=0.05,
-                                   rtol=0.05)
+        for got, want in zip(fast(query, keys, values, mask), plain):
+            torch.testing.assert_close(got, want.detach())
+        int8 = AdditiveDecodingAttention(quantize_int8(attention))
+        for got, want in zip(int8(query, keys, values, mask), plain):
+            torch.testing.assert_close(got, want.detach(), atol=0.05, rtol=0.05)
 
 
 # ---------------------------------------------------------------------------- prepacking
@@ -189,36 +183,9 @@ def test_prepacked_lstm_step_equals_lstm(num_layers):
     torch.testing.assert_close(cell, ref_cell)
 
 
-@needs_prepack
-@pytest.mark.parametrize("name", ["bahdanau", "general", "multihead"])
-def test_prepacked_model_steps_like_the_plain_one(name):
-    torch.manual_seed(6)
-    plain = tiny_model(name).eval()
-    packed = tiny_model(name).eval()
-    packed.load_state_dict(plain.state_dict())
-    prepack_for_cpu(packed)
-    assert isinstance(packed.decoder.output, PrepackedLinear)
-    assert isinstance(packed.decoder.rnn, PrepackedLSTM)
-    # the swapped-in modules keep the model's mode, so they serve steps called directly
-    assert not any(module.training for module in packed.modules())
-    src = torch.randint(4, 20, (3, 6))
-    lengths = torch.tensor([6, 4, 2])
-    src[1, 4:] = 0
-    src[2, 2:] = 0
-    prev = torch.tensor([2, 5, 7])
-    with torch.no_grad():
-        results = []
-        for model in (plain, packed):
-            memory, state = model.encode(src, lengths)
-            log_probs, state, alpha = model.step(prev, state, memory)
-            log_probs2, _, _ = model.step(log_probs.argmax(-1), state, memory)
-            results.append((log_probs, alpha, log_probs2))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def _plain_and_prepacked(name: str, **options) -> tuple:
-    """Two copies of one tiny model in eval mode, the second prepacked."""
+def _plain_and_prepared(name: str, **options) -> tuple:
+    """One tiny model in eval mode, twice: as it is, and prepared for decoding by the CPU
+    backend (what search runs for it)."""
     activation = options.pop("attentional_activation", "tanh")
     encoder_size = options.pop("encoder_size", None)
     attentional_size = options.pop("attentional_size", None)
@@ -230,8 +197,32 @@ def _plain_and_prepacked(name: str, **options) -> tuple:
         cfg.encoder.hidden_size = encoder_size or cfg.encoder.hidden_size
         torch.manual_seed(11)
         models.append(build_model(cfg, 20, 20, SPECIAL, 16).eval())
-    prepack_for_cpu(models[1])
-    return models[0], models[1]
+    return models[0], CpuBackend().prepare_decoding(models[1])
+
+
+SOURCE = torch.tensor([[5, 6, 7, 8, 9, 3], [10, 11, 12, 3, 0, 0], [13, 3, 0, 0, 0, 0]])
+LENGTHS = torch.tensor([6, 4, 2])
+
+
+@needs_prepack
+@pytest.mark.parametrize("name", ["bahdanau", "general", "multihead"])
+def test_a_prepared_model_steps_like_the_plain_one(name):
+    plain, prepared = _plain_and_prepared(name)
+    decoder = prepared.model.decoder
+    assert isinstance(decoder.output, PrepackedLinear) and isinstance(decoder.rnn, PrepackedLSTM)
+    assert isinstance(decoder.attention, AdditiveDecodingAttention) == (name == "bahdanau")
+    # the swapped-in modules keep the model's mode, so they serve steps called directly
+    assert not any(module.training for module in prepared.model.modules())
+    prev = torch.tensor([2, 5, 7])
+    with torch.no_grad():
+        results = []
+        for model in (plain, prepared):
+            memory, state = model.encode(SOURCE, LENGTHS)
+            log_probs, state, alpha = model.step(prev, state, memory)
+            log_probs2, _, _ = model.step(log_probs.argmax(-1), state, memory)
+            results.append((log_probs, alpha, log_probs2))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 # context 2 × 5 = 10, decoder 16, attentional layer 7: a column boundary mixed up shows
@@ -249,20 +240,16 @@ FOLDABLE = [("bahdanau", {}), ("bahdanau", {"input_feeding": True, "num_layers":
 def test_beam_steps_over_a_folded_memory_equal_the_plain_steps(name, options):
     """K rows per sentence attending to the context's products folded into the memory give
     the plain model's log-probabilities, attention weights and states, step after step."""
-    plain, packed = _plain_and_prepacked(name, **options)
-    src = torch.randint(4, 20, (3, 6))
-    lengths = torch.tensor([6, 4, 2])
-    src[1, 4:] = 0
-    src[2, 2:] = 0
+    plain, prepared = _plain_and_prepared(name, **options)
     beams = 4
     rows = torch.arange(3).repeat_interleave(beams)
     torch.manual_seed(12)
     prev = torch.randint(3, 20, (3 * beams,))
     with torch.no_grad():
         results = []
-        for model in (plain, packed):
-            memory, state = model.encode(src, lengths, rows_per_sentence=beams)
-            assert isinstance(memory, FoldedMemory) == (model is packed)
+        for model in (plain, prepared):
+            memory, state = model.encode(SOURCE, LENGTHS, rows_per_sentence=beams)
+            assert isinstance(memory, FoldedMemory) == (model is prepared)
             state = state.select(rows)
             log_probs, state, alpha = model.step(prev, state, memory, rows_per_sentence=beams)
             # the second step from other beams' states, over the memory rows search keeps
@@ -276,41 +263,40 @@ def test_beam_steps_over_a_folded_memory_equal_the_plain_steps(name, options):
 
 @needs_prepack
 @pytest.mark.parametrize("name,options", FOLDABLE[:2] + [("general", {"input_feeding": True})])
-def test_prepacked_beam_search_finds_the_plain_model_s_hypotheses(name, options):
-    plain, packed = _plain_and_prepacked(name, **options)
+def test_a_prepared_model_s_beam_search_finds_the_plain_model_s_hypotheses(name, options):
+    plain, prepared = _plain_and_prepared(name, **options)
     sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4]]
     found = [search(model, sources, batch_size=2, max_output_length=8, max_output_ratio=3.0,
-                    beam_size=3, n_best=2) for model in (plain, packed)]
-    for plain_hyps, packed_hyps in zip(*found):
-        assert [h.tokens for h in plain_hyps] == [h.tokens for h in packed_hyps]
-        assert [h.score for h in plain_hyps] == pytest.approx([h.score for h in packed_hyps],
+                    beam_size=3, n_best=2) for model in (plain, prepared)]
+    for plain_hyps, prepared_hyps in zip(*found):
+        assert [h.tokens for h in plain_hyps] == [h.tokens for h in prepared_hyps]
+        assert [h.score for h in plain_hyps] == pytest.approx([h.score for h in prepared_hyps],
                                                                abs=1e-5)
 
 
 @needs_prepack
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_two_workers_sharing_a_prepacked_model_find_the_plain_model_s_hypotheses(beam_size):
-    plain, packed = _plain_and_prepacked("bahdanau", input_feeding=True)
+def test_two_workers_sharing_a_prepared_model_find_the_plain_model_s_hypotheses(beam_size):
+    plain, prepared = _plain_and_prepared("bahdanau", input_feeding=True)
     sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4], [7, 7]]
     found = [search(model, sources, batch_size=2, max_output_length=8, max_output_ratio=3.0,
                     beam_size=beam_size, workers=workers)
-             for model, workers in ((plain, 1), (packed, 2))]
+             for model, workers in ((plain, 1), (prepared, 2))]
     assert [[h.tokens for h in hyps] for hyps in found[0]] == \
         [[h.tokens for h in hyps] for hyps in found[1]]
 
 
 @needs_prepack
-def test_a_prepacked_model_steps_through_the_plain_modules_with_gradients():
-    """With gradients on (eval mode) or in training mode a prepacked model's step is the plain
+def test_a_prepared_model_steps_through_the_plain_modules_with_gradients():
+    """With gradients on (eval mode) or in training mode a prepared model's step is the plain
     one, so the decoder's embedding and LSTM get their gradients."""
-    _, packed = _plain_and_prepacked("bahdanau")
-    src, lengths = torch.randint(4, 20, (2, 5)), torch.tensor([5, 3])
-    decoder = packed.decoder
+    _, prepared = _plain_and_prepared("bahdanau")
+    decoder = prepared.model.decoder
     for training in (False, True):
-        packed.train(training)
-        packed.zero_grad()
-        memory, state = packed.encode(src, lengths)
-        log_probs, _, _ = packed.step(torch.tensor([4, 17]), state, memory)
+        prepared.train(training)
+        prepared.model.zero_grad()
+        memory, state = prepared.encode(SOURCE[:2], LENGTHS[:2])
+        log_probs, _, _ = prepared.step(torch.tensor([4, 17]), state, memory)
         log_probs.sum().backward()
         assert decoder.embedding.weight.grad[[4, 17]].abs().sum() > 0
         assert decoder.rnn.lstm.weight_ih_l0.grad.abs().sum() > 0
@@ -318,26 +304,26 @@ def test_a_prepacked_model_steps_through_the_plain_modules_with_gradients():
 
 @needs_prepack
 def test_the_memory_is_folded_for_several_rows_per_sentence_without_gradients_only():
-    _, packed = _plain_and_prepacked("bahdanau")
-    src, lengths = torch.randint(4, 20, (2, 5)), torch.tensor([5, 5])
+    _, prepared = _plain_and_prepared("bahdanau")
+    src, lengths = SOURCE[:2], LENGTHS[:2]
     with torch.no_grad():
-        assert type(packed.encode(src, lengths)[0]) is Memory  # greedy: one row each
-        assert isinstance(packed.encode(src, lengths, rows_per_sentence=5)[0], FoldedMemory)
-        packed.train()
-        assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
-        packed.eval()
-    assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory  # gradients on
+        assert type(prepared.encode(src, lengths)[0]) is Memory  # greedy: one row each
+        assert isinstance(prepared.encode(src, lengths, rows_per_sentence=5)[0], FoldedMemory)
+        prepared.train()
+        assert type(prepared.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
+        prepared.eval()
+    assert type(prepared.encode(src, lengths, rows_per_sentence=5)[0]) is Memory  # gradients
     with torch.no_grad():  # a folded memory stepped in training mode is refused, not misused
-        folded, state = packed.encode(src, lengths, rows_per_sentence=5)
-        packed.train()
+        folded, state = prepared.encode(src, lengths, rows_per_sentence=5)
+        prepared.train()
         with pytest.raises(RuntimeError, match="folded memory is for decoding"):
-            packed.step(torch.tensor([5, 6]), state, folded)
-        packed.eval()
-        packed.double()  # not fp32: the plain memory
-        assert type(packed.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
+            prepared.step(torch.tensor([5, 6]), state, folded)
+        prepared.eval()
+        prepared.model.double()  # not fp32: the plain memory
+        assert type(prepared.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
     # multi-head: each head weighs the values differently, so nothing can be folded
-    _, multihead = _plain_and_prepacked("multihead")
-    assert multihead.decoder.folding is None
+    _, multihead = _plain_and_prepared("multihead")
+    assert multihead.folding is None
     with torch.no_grad():
         assert type(multihead.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
 
@@ -357,36 +343,51 @@ def test_packed_layout_orders_steps_longest_first():
     assert layout.previous_rows.tolist() == [0, 1, 2, 4, 5]
 
 
+def _encoders(num_layers: int, bidirectional: bool, dropout: float = 0.0) -> tuple:
+    """One encoder twice (same parameters): plain, and with the CPU backend's LSTM runner."""
+    torch.manual_seed(0)
+    plain = Encoder(30, 6, 5, num_layers, bidirectional, dropout=dropout, pad_id=0)
+    fast = Encoder(30, 6, 5, num_layers, bidirectional, dropout=dropout, pad_id=0)
+    fast.load_state_dict(plain.state_dict())
+    fast.run_lstm = run_encoder_lstm
+    assert plain.run_lstm is run_packed
+    return plain, fast
+
+
+def _padded_source(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    src = torch.randint(1, 30, (len(lengths), width))
+    src[torch.arange(width) >= lengths[:, None]] = 0
+    return src
+
+
 @pytest.mark.parametrize("bidirectional,num_layers", [(True, 1), (True, 2), (False, 1),
                                                       (False, 3)])
 @pytest.mark.parametrize("dtype,onednn", [(torch.float64, True), (torch.float32, True),
                                           (torch.float32, False)])
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # flags() sets it too
 def test_encoder_in_training_equals_nn_lstm(bidirectional, num_layers, dtype, onednn):
-    """The CPU encoder in training — s2s.recurrent.segmented_lstm on oneDNN in float32,
-    s2s.recurrent.packed_lstm otherwise — against nn.LSTM over packed sequences: states, final
-    states and every parameter's gradient, with tied lengths, a one-token sentence and padding
-    past the longest sentence."""
+    """The CPU encoder in training — segmented_lstm on oneDNN in float32, packed_lstm
+    otherwise — against nn.LSTM over packed sequences: states, final states and every
+    parameter's gradient, with tied lengths, a one-token sentence and padding past the longest
+    sentence."""
     if onednn and dtype == torch.float32 and not fused_rnn_available():
         pytest.skip("this torch build has no oneDNN")
-    torch.manual_seed(0)
-    encoder = Encoder(30, 6, 5, num_layers, bidirectional, dropout=0.0, pad_id=0).to(dtype)
+    encoders = [encoder.to(dtype) for encoder in _encoders(num_layers, bidirectional)]
     lengths = torch.tensor([4, 7, 1, 7, 3, 5])
-    src = torch.randint(1, 30, (6, 9))
-    src[torch.arange(9) >= lengths[:, None]] = 0
+    src = _padded_source(lengths, 9)
     probes = None
     results = []
     with torch.backends.mkldnn.flags(enabled=onednn):
-        assert encoder._path(src) == ("fused" if onednn and dtype == torch.float32
-                                      else "by hand")
-        for reference in (False, True):
-            encoder.zero_grad()
-            out = encoder(src, lengths, reference=reference)
+        embedded = encoders[1].embedding(src)
+        assert encoder_path(encoders[1].rnn, embedded) == (
+            "fused" if onednn and dtype == torch.float32 else "by hand")
+        for encoder in encoders:
+            out = encoder(src, lengths)
             if probes is None:
                 probes = [torch.randn_like(tensor) for tensor in out]
             sum((tensor * probe).sum() for tensor, probe in zip(out, probes)).backward()
             results.append((out, {n: p.grad.clone() for n, p in encoder.named_parameters()}))
-    (ours, our_grads), (module, module_grads) = results
+    (module, module_grads), (ours, our_grads) = results
     for name, mine, theirs in zip(ours._fields, ours, module):
         torch.testing.assert_close(mine, theirs, msg=name)
     assert torch.all(ours.states[src == 0] == 0)
@@ -396,18 +397,16 @@ def test_encoder_in_training_equals_nn_lstm(bidirectional, num_layers, dtype, on
 
 @pytest.mark.skipif(not fused_rnn_available(), reason="this torch build has no oneDNN")
 def test_fused_encoder_drops_out_between_layers_in_training_only():
-    torch.manual_seed(0)
-    encoder = Encoder(30, 6, 5, 2, True, dropout=0.5, pad_id=0)
-    encoder.dropout.p = 0.0  # only the LSTM's own dropout between its layers
+    plain, fast = _encoders(2, True, dropout=0.5)
+    fast.dropout.p = plain.dropout.p = 0.0  # only the LSTM's own dropout between its layers
     lengths = torch.tensor([4, 7, 2])
-    src = torch.randint(1, 30, (3, 7))
-    src[torch.arange(7) >= lengths[:, None]] = 0
-    assert encoder._path(src) == "fused"
-    trained = encoder(src, lengths).states
-    encoder.eval()
-    evaluated, module = encoder(src, lengths).states, encoder(src, lengths, reference=True).states
-    torch.testing.assert_close(evaluated, module)
-    assert not torch.allclose(trained, evaluated)
+    src = _padded_source(lengths, 7)
+    assert encoder_path(fast.rnn, fast.embedding(src)) == "fused"
+    trained = fast(src, lengths).states
+    fast.eval()
+    plain.eval()
+    torch.testing.assert_close(fast(src, lengths).states, plain(src, lengths).states)
+    assert not torch.allclose(trained, fast(src, lengths).states)
 
 
 # ------------------------------------------------- the encoder's LSTM with no gradient (oneDNN)
@@ -422,28 +421,27 @@ def test_length_segments_run_each_row_over_its_real_steps():
 @pytest.mark.parametrize("bidirectional,num_layers", [(True, 1), (True, 2), (False, 1),
                                                       (False, 3)])
 def test_encoder_without_gradient_equals_nn_lstm(bidirectional, num_layers):
-    """With no gradient the CPU encoder runs s2s.recurrent.segmented_lstm: its states and final
-    states equal nn.LSTM's over packed sequences (tied lengths, a one-token sentence, padding
-    past the longest sentence), zero on padding, and stay so in a batch of equal lengths."""
-    torch.manual_seed(0)
-    encoder = Encoder(30, 6, 5, num_layers, bidirectional, dropout=0.3, pad_id=0).eval()
+    """With no gradient the CPU encoder runs segmented_lstm: its states and final states equal
+    nn.LSTM's over packed sequences (tied lengths, a one-token sentence, padding past the
+    longest sentence), zero on padding, and stay so in a batch of equal lengths."""
+    plain, fast = (encoder.eval() for encoder in _encoders(num_layers, bidirectional, 0.3))
     for lengths in (torch.tensor([4, 7, 1, 7, 3, 5]), torch.tensor([6, 6, 6])):
-        src = torch.randint(1, 30, (len(lengths), 9))
-        src[torch.arange(9) >= lengths[:, None]] = 0
+        src = _padded_source(lengths, 9)
         with torch.no_grad():
-            assert encoder._path(src) == "fused"
-            fused, module = encoder(src, lengths), encoder(src, lengths, reference=True)
-        for name, ours, theirs in zip(fused._fields, fused, module):
-            torch.testing.assert_close(ours, theirs, msg=name)
-        assert torch.all(fused.states[src == 0] == 0)
+            assert encoder_path(fast.rnn, fast.embedding(src)) == "fused"
+            ours, module = fast(src, lengths), plain(src, lengths)
+        for name, mine, theirs in zip(ours._fields, ours, module):
+            torch.testing.assert_close(mine, theirs, msg=name)
+        assert torch.all(ours.states[src == 0] == 0)
 
 
 def test_encoder_without_gradient_leaves_int8_and_float64_lstms_to_nn_lstm():
     encoder = Encoder(30, 6, 5, 1, True, dropout=0.0, pad_id=0).double().eval()
     src = torch.randint(1, 30, (2, 4))
     with torch.no_grad():
-        assert encoder._path(src) == "module"
+        assert encoder_path(encoder.rnn, encoder.embedding(src)) == "plain"
     quantized = quantize_int8(Encoder(30, 6, 5, 1, True, dropout=0.0, pad_id=0).eval())
+    embedded = quantized.embedding(src)
     with torch.no_grad():
-        assert quantized._path(src) == "module"
-    assert quantized._path(src) == "module"
+        assert encoder_path(quantized.rnn, embedded) == "plain"
+    assert encoder_path(quantized.rnn, embedded) == "plain"

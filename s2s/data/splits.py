@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Optional
 
 from s2s.config import DataConfig
-from s2s.corpus import (FilterCounts, ParallelText, filter_pairs, find_side, multi30k_prefix,
-                        read_parallel)
+from s2s.data.corpus import (FilterCounts, ParallelText, filter_pairs, find_side,
+                             multi30k_prefix, read_parallel)
+from s2s.data.tokenizer import Tokenizer
+from s2s.data.toy import toy_splits
 from s2s.errors import DataError
-from s2s.toy import toy_splits
-from s2s.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

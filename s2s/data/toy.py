@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from s2s.corpus import ParallelText
+from s2s.data.corpus import ParallelText
 
 ALPHABET = "abcdefghijklmnopqrst"
 MIN_LENGTH, MAX_LENGTH = 3, 14

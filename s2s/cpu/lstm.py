@@ -1,37 +1,14 @@
-"""Recurrences run by hand, forward and backward through time: the teacher-forced Bahdanau
-decoder (:func:`attentive_lstm`) and the encoder's packed (bi)LSTM (:func:`packed_lstm`); and
-the encoder's (bi)LSTM as oneDNN's fused RNN over sentences of equal length
-(:func:`segmented_lstm`).
+"""LSTMs on the CPU, and the pieces the CPU backend's recurrences share.
 
-At step t of the decoder (B sentences, S source positions, H = decoder size, A = attention
-size, C = context size, gates in ``nn.LSTM``'s order i, f, g, o):
-
-    e(t) = wᵀ tanh(W₂h + W₁ s(t-1))                       energies      [B, S]
-    α(t) = softmax(e(t)) over real source positions                     [B, S]
-    a(t) = Σᵢ α(t)ᵢ hᵢ                                     context       [B, C]
-    gates(t) = W_e E y(t-1) + b + [W_a, W_hh]·[m(t) ⊙ a(t); s(t-1)]      [B, 4H]
-    c(t) = σ(f) ⊙ c(t-1) + σ(i) ⊙ tanh(g),   s(t) = σ(o) ⊙ tanh(c(t))
-
-(m(t): the context's dropout mask). Every step depends on the one before, so the loop runs in
-Python. Written as plain torch operations, autograd records two dozen nodes per step, runs the
-context's backward as batched products of one row (an outer product per step for ∂h) and
-accumulates a fresh [B, S, A] gradient for the keys at every step. :func:`attentive_lstm` runs
-the forward loop with no graph and its backward — backpropagation through time — by hand:
-
-- weight gradients summed once over all steps, as one large product each
-  (∂[W_a, W_hh] = Σₜ ∂gates(t)ᵀ x(t), ∂W₁ = Σₜ ∂(W₁s)(t)ᵀ s(t-1), ∂h = Σₜ α(t)ᵀ ∂a(t));
-- tanh(z) kept as σ(2z), from which both wᵀtanh(z) = 2wᵀσ(2z) − Σw and
-  1 − tanh²(z) = 4σ(2z)(1 − σ(2z)) follow, so the [B, S, A] energies take three passes forward
-  and four backward, in place;
-- each step's inputs x(t) = [m ⊙ a(t); s(t-1)] written into one buffer (its rows padded to a
-  multiple of 8 where :func:`step_product` runs on MKL), with no per-step concatenation.
-
-The encoder's LSTM over packed sentences is the same idea without attention: ``nn.LSTM`` on the
-CPU projects each step's inputs separately and leaves a per-step graph for autograd;
-:func:`packed_lstm` projects all tokens of both directions in one product, runs only
-W_hh s(t-1) step by step (both directions in one batched product) and sums ∂W_hh once.
-Where torch has oneDNN, :func:`segmented_lstm` is faster still, forward and backward (the
-encoder uses it then; :func:`packed_lstm` remains for float64 and builds without oneDNN).
+* :func:`step_product`: x·Wᵀ for the few rows of one recurrence step, on the faster kernel.
+* :func:`lstm_cell` and :func:`lstm_cell_backward`: one LSTM cell, forward and backward by hand,
+  gates in ``nn.LSTM``'s order i, f, g, o.
+* The encoder's (bi)LSTM, two ways, each equal to ``nn.LSTM`` over packed sequences (which on
+  the CPU projects every step's input separately and leaves a per-step graph for autograd):
+  :func:`segmented_lstm` runs oneDNN's fused RNN over runs of sentences without padding;
+  :func:`packed_lstm` (float64, builds without oneDNN) projects all tokens of both directions
+  in one product, runs only W_hh s(t-1) step by step and sums ∂W_hh once.
+  :func:`run_encoder_lstm` picks one for ``Encoder.run_lstm``.
 """
 
 from __future__ import annotations
@@ -43,14 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from s2s.products import linear, on_onednn, transposed_times
+from s2s.cpu.products import linear, on_onednn
+from s2s.model.encoder import run_packed
 
 
 def step_product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """x·Wᵀ (+ b) ``[B, out]`` for the few rows of one step, x ``[B, in]``, W ``[out, in]``.
 
-    On the CPU in float32 this is oneDNN's linear (:mod:`s2s.products`: 1.2–1.4× MKL's product
-    at 24–88 rows, 2–3× at 8). Otherwise on the CPU (float64, a build without oneDNN) it is
+    On oneDNN (:mod:`s2s.cpu.products`) this is its linear, much faster than MKL's product at a
+    few rows. Otherwise on the CPU (float64, a build without oneDNN, an Intel CPU) it is
     computed as (W·xᵀ)ᵀ with B padded to a multiple of 8, the orientation MKL runs fastest
     (``scripts/bench_kernels.py``); the result is then a column-major view, which element-wise
     operations and later products take as they are.
@@ -72,140 +50,8 @@ def padded_rows(rows: int, like: Tensor) -> int:
     return rows + (-rows) % 8 if like.device.type == "cpu" and not on_onednn(like) else rows
 
 
-class AttentiveLSTMOutput(NamedTuple):
-    """contexts a(1..T) ``[B, T, C]``, states s(1..T) ``[B, T, H]``, weights α ``[B, T, S]``
-    (the weights carry no gradient)."""
 
-    contexts: Tensor
-    states: Tensor
-    weights: Tensor
-
-
-class _AttentiveLSTM(torch.autograd.Function):
-    """See the module docstring; the arguments are those of :func:`attentive_lstm`."""
-
-    @staticmethod
-    def forward(ctx: Any, known_gates: Tensor, hidden: Tensor, cell: Tensor, keys: Tensor,
-                values: Tensor, query_weight: Tensor, energy_weight: Tensor,
-                recurrent_weight: Tensor, mask: Tensor,
-                context_masks: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        batch, steps, gate_size = known_gates.shape
-        size, (sources, attention), context_size = gate_size // 4, keys.shape[1:], values.size(2)
-        rows = padded_rows(batch, known_gates)
-        new = known_gates.new_empty
-        inputs = known_gates.new_zeros(steps, rows, context_size + size)  # x(t), padded rows 0
-        activations = new(steps, batch, gate_size)  # σ(i), σ(f), tanh(g), σ(o)
-        cells = new(steps, batch, size)
-        sigmoids = new(steps, batch, sources, attention)  # σ(2z(t)) = (1 + tanh z(t)) / 2
-        contexts, states = new(batch, steps, context_size), new(batch, steps, size)
-        weights = new(steps, batch, sources)  # step-major: bmm wants each α(t) contiguous
-        doubled_keys, padding = 2.0 * keys, ~mask
-        initial_cell = cell
-        inputs[0, :batch, context_size:] = hidden
-        for t in range(steps):
-            step_input = inputs[t]
-            projected = step_product(step_input[:, context_size:], query_weight)[:batch]
-            alpha, context = _attend(projected, doubled_keys, values, padding, energy_weight,
-                                     sigmoids_out=sigmoids[t])
-            weights[t] = alpha
-            contexts[:, t] = context
-            dropped = step_input[:batch, :context_size]
-            if context_masks is None:
-                dropped.copy_(context)
-            else:
-                torch.mul(context, context_masks[t], out=dropped)
-            # known gates first: the sum is row-major like them (MKL's product is not)
-            gates = known_gates[:, t] + step_product(step_input, recurrent_weight)[:batch]
-            cell, state = _lstm_cell(gates, cell, activations_out=activations[t],
-                                     cell_out=cells[t])
-            states[:, t] = state
-            if t + 1 < steps:
-                inputs[t + 1, :batch, context_size:] = state
-        ctx.save_for_backward(inputs, activations, cells, sigmoids, weights, values,
-                              query_weight, energy_weight, recurrent_weight, initial_cell,
-                              context_masks)
-        batch_major_weights = weights.transpose(0, 1)
-        ctx.mark_non_differentiable(batch_major_weights)
-        return contexts, states, batch_major_weights
-
-    @staticmethod
-    @once_differentiable  # it overwrites what it saved
-    def backward(ctx: Any, grad_contexts: Optional[Tensor], grad_states: Optional[Tensor],
-                 _: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        (inputs, activations, cells, sigmoids, weights, values, query_weight, energy_weight,
-         recurrent_weight, initial_cell, context_masks) = ctx.saved_tensors
-        steps, batch, gate_size = activations.shape
-        size, context_size = gate_size // 4, values.size(2)
-        sources, attention = sigmoids.shape[2:]
-        zeros = inputs.new_zeros
-        grad_gates = zeros(steps, inputs.size(1), gate_size)  # ∂gates(t), padded rows 0
-        grad_projected = zeros(steps, inputs.size(1), attention)   # ∂(W₁s(t-1))
-        grad_context = inputs.new_empty(steps, batch, context_size)  # ∂a(t)
-        grad_keys, grad_energy_weight = zeros(batch, sources, attention), zeros(attention)
-        values_t = values.transpose(1, 2).contiguous()  # [B, C, S]: bmm is 4× faster for ∂α
-        recurrent_t, query_t = recurrent_weight.t().contiguous(), query_weight.t().contiguous()
-        grad_state, grad_cell = zeros(batch, size), zeros(batch, size)
-        for t in reversed(range(steps)):
-            if grad_states is not None:
-                grad_state = grad_state + grad_states[:, t]
-            grad_cell = _lstm_cell_backward(grad_state, grad_cell, activations[t], cells[t],
-                                            cells[t - 1] if t else initial_cell,
-                                            out=grad_gates[t, :batch])
-            grad_input = step_product(grad_gates[t], recurrent_t)[:batch]  # [B, C + H]
-            context = grad_input[:, :context_size]
-            if context_masks is not None:
-                context = context * context_masks[t]
-            if grad_contexts is not None:
-                context = context + grad_contexts[:, t]
-            context = grad_context[t].copy_(context)  # contiguous, for bmm
-            _attend_backward(context, weights[t], values_t, sigmoids[t], energy_weight,
-                             grad_projected_out=grad_projected[t, :batch],
-                             grad_keys_acc=grad_keys, grad_energy_weight_acc=grad_energy_weight)
-            grad_state = (grad_input[:, context_size:]
-                          + step_product(grad_projected[t], query_t)[:batch])
-        flat_inputs = inputs.view(-1, inputs.size(2))
-        grad_recurrent = transposed_times(grad_gates.view(-1, gate_size), flat_inputs)
-        grad_query = transposed_times(grad_projected.view(-1, attention),
-                                      flat_inputs[:, context_size:])
-        grad_keys.mul_(4.0 * energy_weight)  # see _attend_backward
-        grad_values = torch.bmm(weights.permute(1, 2, 0), grad_context.transpose(0, 1))
-        return (grad_gates[:, :batch].transpose(0, 1), grad_state, grad_cell, grad_keys,
-                grad_values, grad_query, grad_energy_weight, grad_recurrent, None, None)
-
-
-def _attend(projected: Tensor, doubled_keys: Tensor, values: Tensor, padding: Tensor,
-            energy_weight: Tensor, sigmoids_out: Tensor) -> tuple[Tensor, Tensor]:
-    """α ``[B, S]`` and a = α·h ``[B, C]`` from W₁s ``[B, A]``, 2·W₂h ``[B, S, A]``, h, the
-    padding ``[B, S]`` and w; σ(2z) ``[B, S, A]`` is written into ``sigmoids_out``."""
-    # W₁s row-major (MKL's step_product returns it column-major): broadcast over S in that
-    # layout, the sum would read it with a stride along A and run unvectorized (≈ 10× slower)
-    z2 = torch.add(doubled_keys, projected.contiguous().unsqueeze(1), alpha=2.0,
-                   out=sigmoids_out)
-    energies = (z2.sigmoid_().view(-1, z2.size(-1)) @ energy_weight).view(padding.shape)
-    # 2wᵀσ(2z) = wᵀtanh(z) + Σw: the constant does not change the softmax
-    alpha = torch.softmax(energies.mul_(2.0).masked_fill_(padding, float("-inf")), dim=-1)
-    return alpha, torch.bmm(alpha.unsqueeze(1), values).squeeze(1)
-
-
-def _attend_backward(grad_context: Tensor, alpha: Tensor, values_t: Tensor, sigmoids: Tensor,
-                     energy_weight: Tensor, grad_projected_out: Tensor, grad_keys_acc: Tensor,
-                     grad_energy_weight_acc: Tensor) -> None:
-    """From ∂a ``[B, C]`` (contiguous): writes ∂(W₁s) ``[B, A]``, adds Σ_T σ(1 − σ)·∂e to
-    ``grad_keys_acc`` (∂keys once multiplied by 4w) and ∂w to its accumulator. ``values_t``
-    is hᵀ ``[B, C, S]``; ``sigmoids`` σ(2z) ``[B, S, A]`` is overwritten."""
-    grad_alpha = torch.bmm(grad_context.unsqueeze(1), values_t).squeeze(1)  # [B, S]
-    grad_energies = alpha * (grad_alpha - (alpha * grad_alpha).sum(-1, keepdim=True))
-    # e = 2wᵀσ − Σw: ∂w = Σ (2σ − 1)·∂e
-    grad_energy_weight_acc.addmv_(sigmoids.view(-1, sigmoids.size(-1)).t(),
-                                  grad_energies.view(-1), alpha=2.0).sub_(grad_energies.sum())
-    # ∂z = (1 − tanh² z)·w·∂e = 4w ⊙ σ(1 − σ)·∂e
-    slope = sigmoids.addcmul_(sigmoids, sigmoids, value=-1.0)  # σ(1 − σ), in place
-    grad_keys_acc.addcmul_(slope, grad_energies.unsqueeze(-1))
-    torch.bmm(grad_energies.unsqueeze(1), slope, out=grad_projected_out.unsqueeze(1))  # Σ_S
-    grad_projected_out.mul_(4.0 * energy_weight)
-
-
-def _lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor, cell_out: Tensor,
+def lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor, cell_out: Tensor,
                state_out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """c(t), s(t) ``[..., H]`` from the gates ``[..., 4H]`` (i, f, g, o) and c(t-1); σ(i), σ(f),
     tanh(g), σ(o) are written into ``activations_out``, c(t) into ``cell_out`` (and s(t) into
@@ -221,7 +67,7 @@ def _lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor, cell_out: T
     return cell, torch.mul(out_gate, torch.tanh(cell), out=state_out)
 
 
-def _lstm_cell_backward(grad_state: Tensor, grad_cell: Tensor, activations: Tensor,
+def lstm_cell_backward(grad_state: Tensor, grad_cell: Tensor, activations: Tensor,
                         cell: Tensor, previous_cell: Tensor, out: Tensor) -> Tensor:
     """Writes ∂gates ``[..., 4H]`` (before the activations) into ``out``; returns ∂c(t-1).
 
@@ -238,23 +84,6 @@ def _lstm_cell_backward(grad_state: Tensor, grad_cell: Tensor, activations: Tens
     torch.mul(grad_cell, in_gate, out=grad_candidate).mul_(1.0 - candidate * candidate)
     return grad_cell * forget
 
-
-def attentive_lstm(known_gates: Tensor, hidden: Tensor, cell: Tensor, keys: Tensor,
-                   values: Tensor, mask: Tensor, query_weight: Tensor, energy_weight: Tensor,
-                   recurrent_weight: Tensor,
-                   context_masks: Optional[Tensor] = None) -> AttentiveLSTMOutput:
-    """The recurrence of the module docstring over T teacher-forced steps.
-
-    known_gates ``[B, T, 4H]`` = W_e E y(t-1) + b_ih + b_hh for every step; hidden, cell
-    ``[B, H]`` = s(0), c(0); keys = W₂h + b₂ ``[B, S, A]``; values = h ``[B, S, C]``; mask
-    ``[B, S]`` (True on real source tokens); query_weight W₁ ``[A, H]``; energy_weight w ``[A]``;
-    recurrent_weight [W_a, W_hh] ``[4H, C + H]``; context_masks ``[T, B, C]`` (scaled dropout
-    keep-masks) or None.
-    """
-    contexts, states, weights = _AttentiveLSTM.apply(
-        known_gates, hidden, cell, keys, values, query_weight, energy_weight, recurrent_weight,
-        mask, context_masks)
-    return AttentiveLSTMOutput(contexts, states, weights)
 
 
 # ------------------------------------------------------------------ the encoder's (bi)LSTM
@@ -321,7 +150,7 @@ class _PackedLSTM(torch.autograd.Function):
                 before = _continuing_rows(layout, t)
                 gates = torch.baddbmm(input_gates[:, here], states[:, before], recurrent_t)
                 previous_cell = cells[:, before]
-            _lstm_cell(gates, previous_cell, activations_out=activations[:, here],
+            lstm_cell(gates, previous_cell, activations_out=activations[:, here],
                        cell_out=cells[:, here], state_out=states[:, here])
         ctx.save_for_backward(activations, cells, states, recurrent_weight)
         ctx.layout = layout
@@ -347,7 +176,7 @@ class _PackedLSTM(torch.autograd.Function):
                 grad_cell = grad_cell + grad_cells[:, here]
             previous_cell = (cells.new_zeros(directions, rows, size) if t == 0
                              else cells[:, _continuing_rows(layout, t)])
-            grad_previous_cell = _lstm_cell_backward(grad_state, grad_cell, activations[:, here],
+            grad_previous_cell = lstm_cell_backward(grad_state, grad_cell, activations[:, here],
                                                      cells[:, here], previous_cell,
                                                      out=grad_gates[:, here])
             if t:
@@ -419,9 +248,8 @@ def segmented_lstm(inputs: Tensor, lengths: Tensor, lstm: nn.LSTM,
     packed sentences gives them.
 
     ``nn.LSTM`` over packed sentences on the CPU runs step by step on MKL's products, while over
-    a batch without padding it runs as one fused oneDNN RNN, forward and backward (on a Zen 5
-    host: 2.5× faster for a bidirectional 64 × 20 batch with no gradient, 1.6× forward and
-    backward against :func:`packed_lstm`; docs/benchmarks.md, "Ninth round"). So the sentences,
+    a batch without padding it runs as one fused oneDNN RNN, forward and backward, several times
+    faster (docs/performance.md). So the sentences,
     sorted longest first, run in :func:`length_segments`: all of them for the shortest one's
     steps, then those still running from the states they reached — one fused call per distinct
     length and direction (the oneDNN RNN example "rnn_training_f32" splits a batch the same
@@ -484,3 +312,56 @@ def _run_segments(x: Tensor, segments: list[Segment],
     states = F.pad(states, (0, 0, 0, padded_length - states.size(1)))  # steps past the longest
     # the sentences ended shortest first, i.e. from the last sorted row up
     return states, torch.cat(final_states[::-1]), torch.cat(final_cells[::-1])
+
+
+# ------------------------------------------------------- the seam Encoder.run_lstm on the CPU
+def encoder_path(lstm: nn.Module, embedded: Tensor) -> str:
+    """How :func:`run_encoder_lstm` runs ``lstm`` over ``embedded``: "fused"
+    (:func:`segmented_lstm`: float32 where torch has oneDNN), "by hand" (:func:`packed_lstm`:
+    with gradients otherwise) or "plain" (the model's own ``run_packed``: no gradient
+    otherwise, another device, an int8 LSTM with no float weights to hand over)."""
+    if embedded.device.type != "cpu" or type(lstm) is not nn.LSTM:
+        return "plain"
+    if fused_rnn_available() and lstm.weight_ih_l0.dtype == torch.float32:
+        return "fused"
+    return "by hand" if torch.is_grad_enabled() else "plain"
+
+
+def run_encoder_lstm(lstm: nn.LSTM, embedded: Tensor,
+                     lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The seam ``Encoder.run_lstm`` on the CPU: ``run_packed``'s result (states
+    ``[B, S, D·H]``, zero on padding; the top layer's final state and cell ``[B, D·H]``) by
+    the path :func:`encoder_path` picks."""
+    path = encoder_path(lstm, embedded)
+    if path == "fused":
+        return segmented_lstm(embedded, lengths, lstm, lstm.training)
+    if path == "by hand":
+        return _packed_by_hand(lstm, embedded, lengths)
+    return run_packed(lstm, embedded, lengths)
+
+
+def _packed_by_hand(lstm: nn.LSTM, embedded: Tensor,
+                    lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``lstm`` layer by layer through :func:`packed_lstm`, both directions at once."""
+    batch, padded_length, _ = embedded.shape
+    directions = 2 if lstm.bidirectional else 1
+    layout = packed_layout(lengths, padded_length, embedded.device)
+    which = torch.cat([layout.forward_index, layout.reverse_index][:directions])    # [D·N]
+    direction = torch.repeat_interleave(torch.arange(directions, device=which.device),
+                                        layout.forward_index.numel())
+    flat = embedded.reshape(batch * padded_length, -1)
+    for layer in range(lstm.num_layers):
+        if layer:
+            flat = F.dropout(flat, lstm.dropout, lstm.training)
+        weights = [lstm_layer_weights(lstm, layer, d) for d in range(directions)]
+        input_weight, recurrent_weight, input_bias, recurrent_bias = (
+            torch.stack(tensors) for tensors in zip(*weights))
+        inputs = flat.index_select(0, which).view(directions, -1, flat.size(1))
+        states, cells = packed_lstm(inputs, layout, input_weight, input_bias + recurrent_bias,
+                                    recurrent_weight)
+        size = states.size(2)
+        flat = flat.new_zeros(batch * padded_length, directions, size).index_put(
+            (which, direction), states.reshape(-1, size)).view(batch * padded_length, -1)
+    final_hidden = states[:, layout.final_rows].transpose(0, 1).reshape(batch, -1)
+    final_cell = cells[:, layout.final_rows].transpose(0, 1).reshape(batch, -1)
+    return flat.view(batch, padded_length, -1), final_hidden, final_cell

@@ -1,0 +1,2 @@
+"""Training: the trainer loop (updates, validation, early stopping, interruption) and
+self-contained, atomically written checkpoints."""
