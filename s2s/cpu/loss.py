@@ -51,7 +51,7 @@ def _aligned(weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Optional[T
 
 
 def _logits(vectors: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """ṽ W_oᵀ + b_o ``[N, V]``: oneDNN's product where there is one (:mod:`s2s.products`),
+    """ṽ W_oᵀ + b_o ``[N, V]``: oneDNN's product where there is one (:mod:`s2s.cpu.products`),
     else MKL's over the aligned weight."""
     if on_onednn(vectors):
         return linear(vectors, weight, bias)
