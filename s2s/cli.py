@@ -132,35 +132,43 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
                              "BLEU within about 0.1)")
     add_backend_flag(parser)
     parser.add_argument("--output", help="write the translations here, one per line")
+    parser.add_argument("--tgt-lang", metavar="LANG",
+                        help="the references' language, for the Moses tokenizer of the "
+                             "lowercased tokenized BLEU (default: the checkpoint's "
+                             "data.tgt_lang; 'en' with --hyp)")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
     args = parser.parse_args(argv)
 
     from s2s.data.corpus import read_lines
-    from s2s.metrics import bleu, chrf, exact_match
+    from s2s.metrics import bleu, bleu_lc_tok, chrf, exact_match
 
     if args.hyp:
         if not args.ref:
             raise S2SError("--hyp needs --ref: the references to score against")
         hyps, refs = read_lines(args.hyp), read_lines(args.ref)
-        speed = None
+        speed, lang = None, args.tgt_lang or "en"
     else:
         if not args.checkpoint:
             raise S2SError("give --checkpoint (to translate) or --hyp and --ref (to score a file)")
-        hyps, refs, speed = _translate_for_evaluation(args)
+        hyps, refs, speed, lang = _translate_for_evaluation(args)
         if args.output:
             Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     if len(hyps) != len(refs):
         raise S2SError(f"{len(hyps)} hypotheses but {len(refs)} references; they must align")
-    bleu_score, chrf_score = bleu(hyps, refs), chrf(hyps, refs)
-    result = {"bleu": bleu_score.score, "chrf": chrf_score.score,
-              "exact_match": exact_match(hyps, refs), "sentences": len(hyps)}
+    scores = [bleu(hyps, refs), bleu_lc_tok(hyps, refs, lang), chrf(hyps, refs)]
+    result = {"bleu": scores[0].score, "bleu_lc_tok": scores[1].score, "chrf": scores[2].score,
+              "exact_match": exact_match(hyps, refs), "sentences": len(hyps),
+              "signatures": {"bleu": scores[0].signature, "bleu_lc_tok": scores[1].signature,
+                             "chrf": scores[2].signature}}
     if speed:
         result.update(speed)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"BLEU  {bleu_score.score:6.2f}  {bleu_score.signature}")
-    print(f"chrF  {chrf_score.score:6.2f}  {chrf_score.signature}")
+    print(f"BLEU         {scores[0].score:6.2f}  (sacreBLEU, cased)  {scores[0].signature}")
+    print(f"BLEU lc.tok  {scores[1].score:6.2f}  (lowercased, Moses-tokenized, as Multi30k "
+          f"papers report it)  {scores[1].signature}")
+    print(f"chrF         {scores[2].score:6.2f}  {scores[2].signature}")
     print(f"exact match  {result['exact_match']:.2f}% of {len(hyps)} sentences")
     if speed:
         mode = "greedy" if speed["beam"] == 1 else f"beam {speed['beam']}"
@@ -181,7 +189,9 @@ def _load_for_decoding(args: argparse.Namespace) -> Translator:
     return load_translator(args.checkpoint, args.device, args.int8, args.backend)
 
 
-def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
+def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict,
+                                                                   str]:
+    """Hypotheses, references, decoding speed and the target language of ``--checkpoint``."""
     from s2s.data.corpus import read_lines
     from s2s.data.splits import read_split
     from s2s.search.runner import decoding_workers
@@ -209,9 +219,10 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
     seconds = time.perf_counter() - start
     hyps = [nbest[0][0] for nbest in results]
     tokens = sum(len(nbest[0][1].tokens) for nbest in results)
-    return hyps, refs, {"seconds": seconds, "sentences_per_second": len(hyps) / seconds,
-                        "tokens_per_second": tokens / seconds, "beam": beam, "workers": workers,
-                        "device": str(translator.device) + (" int8" if args.int8 else "")}
+    speed = {"seconds": seconds, "sentences_per_second": len(hyps) / seconds,
+             "tokens_per_second": tokens / seconds, "beam": beam, "workers": workers,
+             "device": str(translator.device) + (" int8" if args.int8 else "")}
+    return hyps, refs, speed, args.tgt_lang or translator.config.data.tgt_lang
 
 
 @reports_errors

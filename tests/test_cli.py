@@ -201,10 +201,11 @@ def test_evaluate_hyp_identical_to_ref(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     out = result.stdout.splitlines()
-    bleu = [line for line in out if line.startswith("BLEU")]
+    bleu = [line for line in out if line.startswith("BLEU ") and "lc.tok" not in line]
+    lowercased = [line for line in out if line.startswith("BLEU lc.tok")]
     chrf = [line for line in out if line.startswith("chrF")]
-    assert len(bleu) == 1 and len(chrf) == 1, result.stdout
-    assert bleu[0].split()[1] == "100.00"
+    assert len(bleu) == len(lowercased) == len(chrf) == 1, result.stdout
+    assert bleu[0].split()[1] == "100.00" and lowercased[0].split()[2] == "100.00"
     assert chrf[0].split()[1] == "100.00"
     assert any("exact match" in line and "100.00%" in line and "3 sentences" in line
                for line in out)
@@ -219,10 +220,13 @@ def test_evaluate_hyp_json(tmp_path):
     result = run("evaluate.py", "--hyp", hyp, "--ref", ref, "--json")
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
-    assert 0 < scores["bleu"] < 100
+    assert 0 < scores["bleu"] < 100 and 0 < scores["bleu_lc_tok"] < 100
     assert 0 < scores["chrf"] < 100
     assert scores["exact_match"] == 50.0
     assert scores["sentences"] == 2
+    signatures = scores["signatures"]
+    assert "tok:13a" in signatures["bleu"] and "tok:none" in signatures["bleu_lc_tok"]
+    assert "moses-tok.en" in signatures["bleu_lc_tok"] and "chrF" not in signatures["chrf"]
 
 
 def test_evaluate_prints_a_real_sacrebleu_signature(tmp_path):
