@@ -45,7 +45,7 @@ class Translator:
                         batch_size: int | None = None, keep_attention: bool = False,
                         workers: int | None = None) -> list[list[tuple[str, Hypothesis]]]:
         """For each sentence, ``n_best`` (text, hypothesis) pairs, best first. ``batch_size``
-        and ``workers`` (see :func:`~s2s.search.search`) default to the config's
+        and ``workers`` (see :func:`~s2s.search.runner.search`) default to the config's
         ``evaluation`` values."""
         ev = self.config.evaluation
         cleaned = [clean_input(s) for s in sentences]

@@ -35,7 +35,7 @@ from s2s.cpu.allocator import reuse_large_blocks  # noqa: E402
 from s2s.cpu.dropout import FastDropout  # noqa: E402
 from s2s.cpu.loss import linear_cross_entropy  # noqa: E402
 from s2s.cpu.lstm import step_product  # noqa: E402
-from s2s.cpu.prepack import pack, packed_linear, prepack_available  # noqa: E402
+from s2s.cpu.prepack import pack, packed_linear  # noqa: E402
 from s2s.cpu.products import onednn_available  # noqa: E402
 
 # (rows, in, out): decoder LSTM step, Bahdanau query projection, attentional layer, output
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         stepped = flops / seconds(on_torch_products(lambda: step_product(x, weight)),
                                   args.repeats)
         onednn = packed = "n/a"
-        if prepack_available():
+        if onednn_available():
             product = on_onednn_products(lambda: products.linear(x, weight))
             onednn = f"{flops / seconds(product, args.repeats):.0f}"
             w = pack(weight)

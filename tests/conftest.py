@@ -23,9 +23,11 @@ SHARED_MIRROR = ROOT.parent / "shared" / "data" / "multi30k"
 
 
 def tiny_model_config(attention: str, input_feeding: bool = False, dropout: float = 0.0,
-                      num_layers: int = 1, init: str = "bridge") -> ModelConfig:
+                      num_layers: int = 1, init: str = "bridge", encoder_size: int = 8,
+                      attentional_size: int | None = None,
+                      attentional_activation: str = "tanh") -> ModelConfig:
     cfg = ModelConfig(attention=attention, embedding_dim=12, num_heads=2)
-    cfg.encoder.hidden_size = 8
+    cfg.encoder.hidden_size = encoder_size
     cfg.encoder.num_layers = num_layers
     cfg.encoder.dropout = dropout
     cfg.decoder.hidden_size = 16
@@ -34,6 +36,8 @@ def tiny_model_config(attention: str, input_feeding: bool = False, dropout: floa
     cfg.decoder.hidden_dropout = dropout
     cfg.decoder.input_feeding = input_feeding
     cfg.decoder.init = init
+    cfg.decoder.attentional_size = attentional_size
+    cfg.decoder.attentional_activation = attentional_activation
     return cfg
 
 
@@ -44,6 +48,37 @@ def tiny_model(attention: str, vocab: int = 20, seed: int = 0, backend: str = "p
     torch.manual_seed(seed)
     model = build_model(tiny_model_config(attention, **options), vocab, vocab, SPECIAL, 16)
     return CpuBackend().prepare_training(model) if backend == "cpu" else model
+
+
+def plain_and_prepared(attention: str, seed: int = 11, **options):
+    """One tiny model twice, in eval mode: as it is, and prepared for decoding by the CPU
+    backend (what search runs for it)."""
+    plain = tiny_model(attention, seed=seed, **options).eval()
+    prepared = CpuBackend().prepare_decoding(tiny_model(attention, seed=seed, **options).eval())
+    return plain, prepared
+
+
+def assert_finite_differences(model, batch, entries: int = 2, seed: int = 0) -> None:
+    """The gradient of ``model``'s summed loss on ``batch`` (float64, no dropout) against
+    central differences, at ``entries`` random entries of every parameter tensor."""
+    model.zero_grad()
+    model(batch).loss.backward()
+    gen = torch.Generator().manual_seed(seed)
+    step = 1e-6
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        flat, grad = param.data.view(-1), param.grad.view(-1)
+        for index in torch.randint(flat.numel(), (entries,), generator=gen).tolist():
+            original = flat[index].item()
+            with torch.no_grad():
+                flat[index] = original + step
+                above = model(batch).loss.item()
+                flat[index] = original - step
+                below = model(batch).loss.item()
+                flat[index] = original
+            numeric = (above - below) / (2 * step)
+            assert abs(numeric - grad[index].item()) <= 1e-7 + 1e-4 * abs(numeric), (
+                name, index, numeric, grad[index].item())
 
 
 def random_batch(seed: int = 0, vocab: int = 20, lengths=((5, 4), (2, 6), (7, 1), (3, 3))):

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2s.config import config_from_dict
-from s2s.cpu import CpuBackend
 from s2s.model.attention import ATTENTIONS, WEIGHTED_VALUES, Attention, build_attention, register
-from tests.conftest import ATTENTION_NAMES, overfit, random_batch, tiny_model
+from s2s.search.runner import search
+from tests.conftest import ATTENTION_NAMES, overfit, plain_and_prepared, random_batch, tiny_model
 
 B, T, S, DQ, DK = 3, 4, 6, 16, 16
 
@@ -150,7 +150,8 @@ def cosine():
 
 def test_a_new_type_is_one_class_and_one_registry_line(cosine):
     """Selected by name in a config, it keeps the attention contract, computes its equation,
-    runs on both backends alike and lets a tiny model learn a toy task."""
+    trains and decodes (greedy, and beam search over the folded memory) alike on both
+    backends, and lets a tiny model learn a toy task."""
     config = config_from_dict({"data": {"corpus": "toy"}, "model": {"attention": cosine}})
     attention = build_attention(config.model.attention, DQ, DK)
     query, states, mask = inputs()
@@ -165,6 +166,12 @@ def test_a_new_type_is_one_class_and_one_registry_line(cosine):
     batch = random_batch(seed=2)
     plain_out, fast_out = plain(batch), fast(batch)
     torch.testing.assert_close(fast_out.loss, plain_out.loss)
-    prepared = CpuBackend().prepare_decoding(tiny_model(cosine).eval())
-    assert prepared.folding is not None  # it declared weighted_values
+    plain, prepared = plain_and_prepared(cosine)
+    assert prepared.folding is not None  # it declared weighted_values: beam search folds
+    sources = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [17]]
+    for beam in (1, 3):
+        found = [search(model, sources, batch_size=2, max_output_length=6,
+                        max_output_ratio=2.0, beam_size=beam) for model in (plain, prepared)]
+        assert [[h.tokens for h in hyps] for hyps in found[0]] == \
+            [[h.tokens for h in hyps] for hyps in found[1]]
     assert overfit(fast, updates=150)[1] < 0.05

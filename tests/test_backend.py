@@ -17,7 +17,34 @@ from s2s.model.decoder import step_by_step
 from s2s.model.encoder import run_packed
 from s2s.model.seq2seq import cross_entropy
 from s2s.search.runner import search
-from tests.conftest import ATTENTION_NAMES, random_batch, tiny_model
+from tests.conftest import (ATTENTION_NAMES, assert_finite_differences, plain_and_prepared,
+                            random_batch, tiny_model)
+
+
+def test_the_bahdanau_recurrence_drops_out_as_the_plain_decoder_does(monkeypatch):
+    """With dropout on, the fused recurrence gets the context's keep-masks, one per step and
+    sentence (scaled 1 / (1 − p) or 0; none in eval mode), and the embeddings are dropped once
+    — the plain decoder's dropout, in one sampler call (the masks' effect on the recurrence is
+    tested in test_cpu_backend.py)."""
+    import s2s.cpu.bahdanau as bahdanau
+
+    seen = []
+    real = bahdanau.attentive_lstm
+    monkeypatch.setattr(bahdanau, "attentive_lstm",
+                        lambda *args, **kw: seen.append(args[-1]) or real(*args, **kw))
+    model = tiny_model("bahdanau", backend="cpu", dropout=0.4)
+    calls = []
+    model.decoder.dropout.register_forward_hook(lambda *_: calls.append(1))
+    batch = random_batch(seed=8)
+    model.train()(batch)
+    masks = seen[-1]
+    steps, context = batch.tgt_in.size(1), model.decoder.attention.context_size
+    assert masks.shape == (steps, batch.size, context) and len(calls) == 1
+    values = torch.unique(masks).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.6)
+    assert 0.5 < float((masks > 0).float().mean()) < 0.7
+    model.eval()(batch)
+    assert seen[-1] is None
 
 
 def _loss_and_gradients(model, batch, **options):
@@ -61,6 +88,8 @@ def test_training_on_the_cpu_backend_equals_the_plain_model(name, input_feeding,
 
 
 def test_scheduled_sampling_on_the_cpu_backend_equals_the_plain_model():
+    """The CPU backend leaves scheduled sampling to step_by_step: only its encoder and loss
+    differ here, and the coin flips stay the plain model's."""
     plain, fast = twins("bahdanau")
     batch = random_batch(seed=5)
     outputs = []
@@ -70,13 +99,6 @@ def test_scheduled_sampling_on_the_cpu_backend_equals_the_plain_model():
     torch.testing.assert_close(outputs[1][0].loss, outputs[0][0].loss)
     for name, grad in outputs[0][1].items():
         torch.testing.assert_close(outputs[1][1][name], grad, msg=name)
-
-
-def _prepared_for_decoding(name: str, **options) -> tuple:
-    """The plain model, and a copy prepared for decoding by the CPU backend."""
-    plain = tiny_model(name, seed=9, **options).eval()
-    prepared = CpuBackend().prepare_decoding(tiny_model(name, seed=9, **options).eval())
-    return plain, prepared
 
 
 SOURCES = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4], [7, 7, 7, 9],
@@ -90,7 +112,7 @@ def test_search_on_the_cpu_backend_finds_the_plain_model_s_hypotheses(name, inpu
                                                                        beam_size):
     """Greedy (streamed) and beam search, with the attention weights, and the training model
     with its seams (what validation decodes with) too."""
-    plain, prepared = _prepared_for_decoding(name, input_feeding=input_feeding)
+    plain, prepared = plain_and_prepared(name, seed=9, input_feeding=input_feeding)
     trained_seams = tiny_model(name, seed=9, backend="cpu", input_feeding=input_feeding)
     found = [search(model, SOURCES, batch_size=3, max_output_length=8, max_output_ratio=2.0,
                     beam_size=beam_size, n_best=min(beam_size, 2), keep_attention=True)
@@ -150,25 +172,11 @@ def test_a_subclass_with_a_changed_score_trains_through_the_plain_path(sharpened
 def test_a_subclass_with_a_changed_score_has_the_right_gradients(sharpened_bahdanau):
     """Central differences of the CPU backend's loss in float64, at every parameter."""
     model = tiny_model(sharpened_bahdanau, backend="cpu").double().train()
-    batch = random_batch(seed=7)
-    model(batch).loss.backward()
-    gen = torch.Generator().manual_seed(1)
-    for name, param in model.named_parameters():
-        flat, grad = param.data.view(-1), param.grad.view(-1)
-        for index in torch.randint(flat.numel(), (2,), generator=gen).tolist():
-            original = flat[index].item()
-            with torch.no_grad():
-                flat[index] = original + 1e-6
-                above = model(batch).loss.item()
-                flat[index] = original - 1e-6
-                below = model(batch).loss.item()
-                flat[index] = original
-            numeric = (above - below) / 2e-6
-            assert abs(numeric - grad[index].item()) <= 1e-7 + 1e-4 * abs(numeric), name
+    assert_finite_differences(model, random_batch(seed=7), seed=1)
 
 
 def test_a_subclass_with_a_changed_score_decodes_through_the_plain_path(sharpened_bahdanau):
-    plain, prepared = _prepared_for_decoding(sharpened_bahdanau)
+    plain, prepared = plain_and_prepared(sharpened_bahdanau, seed=9)
     assert type(prepared.model.decoder.attention) is SharpenedBahdanau and prepared.folding is None
     with torch.no_grad():
         memory, _ = prepared.encode(torch.tensor([[5, 6, 3]]), torch.tensor([3]), 4)

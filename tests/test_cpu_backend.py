@@ -15,16 +15,15 @@ from s2s.cpu.folding import FoldedMemory
 from s2s.cpu.int8 import quantize_int8
 from s2s.cpu.lstm import (Segment, encoder_path, fused_rnn_available, length_segments,
                           packed_layout, run_encoder_lstm, step_product)
-from s2s.cpu.prepack import PrepackedLinear, PrepackedLSTM, prepack_available
-from s2s.data.tokenizer import SPECIAL
+from s2s.cpu.prepack import PrepackedLinear, PrepackedLSTM
+from s2s.cpu.products import onednn_available
 from s2s.model.attention import build_attention
 from s2s.model.decoder import Memory
 from s2s.model.encoder import Encoder, run_packed
-from s2s.model.seq2seq import build_model
 from s2s.search.runner import search
-from tests.conftest import tiny_model, tiny_model_config
+from tests.conftest import plain_and_prepared
 
-needs_prepack = pytest.mark.skipif(not prepack_available(), reason="torch build lacks oneDNN")
+needs_prepack = pytest.mark.skipif(not onednn_available(), reason="torch build lacks oneDNN")
 
 
 # ------------------------------------------------------------------------------- dropout
@@ -183,23 +182,6 @@ def test_prepacked_lstm_step_equals_lstm(num_layers):
     torch.testing.assert_close(cell, ref_cell)
 
 
-def _plain_and_prepared(name: str, **options) -> tuple:
-    """One tiny model in eval mode, twice: as it is, and prepared for decoding by the CPU
-    backend (what search runs for it)."""
-    activation = options.pop("attentional_activation", "tanh")
-    encoder_size = options.pop("encoder_size", None)
-    attentional_size = options.pop("attentional_size", None)
-    models = []
-    for _ in range(2):
-        cfg = tiny_model_config(name, **options)
-        cfg.decoder.attentional_activation = activation
-        cfg.decoder.attentional_size = attentional_size
-        cfg.encoder.hidden_size = encoder_size or cfg.encoder.hidden_size
-        torch.manual_seed(11)
-        models.append(build_model(cfg, 20, 20, SPECIAL, 16).eval())
-    return models[0], CpuBackend().prepare_decoding(models[1])
-
-
 SOURCE = torch.tensor([[5, 6, 7, 8, 9, 3], [10, 11, 12, 3, 0, 0], [13, 3, 0, 0, 0, 0]])
 LENGTHS = torch.tensor([6, 4, 2])
 
@@ -207,7 +189,7 @@ LENGTHS = torch.tensor([6, 4, 2])
 @needs_prepack
 @pytest.mark.parametrize("name", ["bahdanau", "general", "multihead"])
 def test_a_prepared_model_steps_like_the_plain_one(name):
-    plain, prepared = _plain_and_prepared(name)
+    plain, prepared = plain_and_prepared(name)
     decoder = prepared.model.decoder
     assert isinstance(decoder.output, PrepackedLinear) and isinstance(decoder.rnn, PrepackedLSTM)
     assert isinstance(decoder.attention, AdditiveDecodingAttention) == (name == "bahdanau")
@@ -240,7 +222,7 @@ FOLDABLE = [("bahdanau", {}), ("bahdanau", {"input_feeding": True, "num_layers":
 def test_beam_steps_over_a_folded_memory_equal_the_plain_steps(name, options):
     """K rows per sentence attending to the context's products folded into the memory give
     the plain model's log-probabilities, attention weights and states, step after step."""
-    plain, prepared = _plain_and_prepared(name, **options)
+    plain, prepared = plain_and_prepared(name, **options)
     beams = 4
     rows = torch.arange(3).repeat_interleave(beams)
     torch.manual_seed(12)
@@ -264,7 +246,7 @@ def test_beam_steps_over_a_folded_memory_equal_the_plain_steps(name, options):
 @needs_prepack
 @pytest.mark.parametrize("name,options", FOLDABLE[:2] + [("general", {"input_feeding": True})])
 def test_a_prepared_model_s_beam_search_finds_the_plain_model_s_hypotheses(name, options):
-    plain, prepared = _plain_and_prepared(name, **options)
+    plain, prepared = plain_and_prepared(name, **options)
     sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4]]
     found = [search(model, sources, batch_size=2, max_output_length=8, max_output_ratio=3.0,
                     beam_size=3, n_best=2) for model in (plain, prepared)]
@@ -277,7 +259,7 @@ def test_a_prepared_model_s_beam_search_finds_the_plain_model_s_hypotheses(name,
 @needs_prepack
 @pytest.mark.parametrize("beam_size", [1, 3])
 def test_two_workers_sharing_a_prepared_model_find_the_plain_model_s_hypotheses(beam_size):
-    plain, prepared = _plain_and_prepared("bahdanau", input_feeding=True)
+    plain, prepared = plain_and_prepared("bahdanau", input_feeding=True)
     sources = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [4, 19, 4], [7, 7]]
     found = [search(model, sources, batch_size=2, max_output_length=8, max_output_ratio=3.0,
                     beam_size=beam_size, workers=workers)
@@ -290,7 +272,7 @@ def test_two_workers_sharing_a_prepared_model_find_the_plain_model_s_hypotheses(
 def test_a_prepared_model_steps_through_the_plain_modules_with_gradients():
     """With gradients on (eval mode) or in training mode a prepared model's step is the plain
     one, so the decoder's embedding and LSTM get their gradients."""
-    _, prepared = _plain_and_prepared("bahdanau")
+    _, prepared = plain_and_prepared("bahdanau")
     decoder = prepared.model.decoder
     for training in (False, True):
         prepared.train(training)
@@ -304,7 +286,7 @@ def test_a_prepared_model_steps_through_the_plain_modules_with_gradients():
 
 @needs_prepack
 def test_the_memory_is_folded_for_several_rows_per_sentence_without_gradients_only():
-    _, prepared = _plain_and_prepared("bahdanau")
+    _, prepared = plain_and_prepared("bahdanau")
     src, lengths = SOURCE[:2], LENGTHS[:2]
     with torch.no_grad():
         assert type(prepared.encode(src, lengths)[0]) is Memory  # greedy: one row each
@@ -322,7 +304,7 @@ def test_the_memory_is_folded_for_several_rows_per_sentence_without_gradients_on
         prepared.model.double()  # not fp32: the plain memory
         assert type(prepared.encode(src, lengths, rows_per_sentence=5)[0]) is Memory
     # multi-head: each head weighs the values differently, so nothing can be folded
-    _, multihead = _plain_and_prepared("multihead")
+    _, multihead = plain_and_prepared("multihead")
     assert multihead.folding is None
     with torch.no_grad():
         assert type(multihead.encode(src, lengths, rows_per_sentence=5)[0]) is Memory

@@ -22,7 +22,8 @@ def module_names() -> dict[str, Path]:
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The s2s modules ``name`` imports anywhere in its file (functions and TYPE_CHECKING
-    blocks included; ``from s2s.x import y`` counts as s2s.x.y where that is a module)."""
+    blocks included; ``from s2s.x import y`` counts as s2s.x.y where that is a module), and the
+    packages above them outside its own, whose ``__init__`` such an import runs first."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -38,8 +39,10 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         for target in targets:
             while target and target not in modules:
                 target = target.rpartition(".")[0]
-            if target and target not in (name, "s2s"):
-                found.add(target)
+            while target and target not in (name, "s2s"):
+                if not name.startswith(target + "."):
+                    found.add(target)
+                target = target.rpartition(".")[0]
     return found
 
 

@@ -9,8 +9,8 @@ from s2s.data.batching import collate
 from s2s.model.decoder import step_by_step
 from s2s.model.seq2seq import build_model
 from s2s.data.tokenizer import SPECIAL
-from tests.conftest import (ATTENTION_NAMES, REVERSAL_PAIRS, overfit, random_batch, tiny_model,
-                            tiny_model_config)
+from tests.conftest import (ATTENTION_NAMES, REVERSAL_PAIRS, assert_finite_differences, overfit,
+                            random_batch, tiny_model, tiny_model_config)
 
 LUONG = [name for name in ATTENTION_NAMES if name != "bahdanau"]
 
@@ -189,24 +189,7 @@ def test_gradients_equal_finite_differences(name, input_feeding, backend):
     every backward written by hand (the fused loss, the Bahdanau recurrence, the encoder's
     packed LSTM)."""
     model = tiny_model(name, input_feeding=input_feeding, backend=backend).double().train()
-    batch = random_batch(seed=3)
-    model(batch).loss.backward()
-    gen = torch.Generator().manual_seed(0)
-    step = 1e-6
-    for param_name, param in model.named_parameters():
-        assert param.grad is not None, param_name
-        flat, grad = param.data.view(-1), param.grad.view(-1)
-        for index in torch.randint(flat.numel(), (3,), generator=gen).tolist():
-            original = flat[index].item()
-            with torch.no_grad():
-                flat[index] = original + step
-                above = model(batch).loss.item()
-                flat[index] = original - step
-                below = model(batch).loss.item()
-                flat[index] = original
-            numeric = (above - below) / (2 * step)
-            assert abs(numeric - grad[index].item()) <= 1e-7 + 1e-4 * abs(numeric), (
-                param_name, index, numeric, grad[index].item())
+    assert_finite_differences(model, random_batch(seed=3), entries=3)
 
 
 def test_attentional_activation_none_leaves_out_the_tanh():

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from s2s.cpu.dropout import step_masks
@@ -86,7 +86,7 @@ class _AttentiveLSTM(torch.autograd.Function):
             # known gates first: the sum is row-major like them (MKL's product is not)
             gates = known_gates[:, t] + step_product(step_input, recurrent_weight)[:batch]
             cell, state = lstm_cell(gates, cell, activations_out=activations[t],
-                                     cell_out=cells[t])
+                                    cell_out=cells[t])
             states[:, t] = state
             if t + 1 < steps:
                 inputs[t + 1, :batch, context_size:] = state
@@ -118,8 +118,8 @@ class _AttentiveLSTM(torch.autograd.Function):
             if grad_states is not None:
                 grad_state = grad_state + grad_states[:, t]
             grad_cell = lstm_cell_backward(grad_state, grad_cell, activations[t], cells[t],
-                                            cells[t - 1] if t else initial_cell,
-                                            out=grad_gates[t, :batch])
+                                           cells[t - 1] if t else initial_cell,
+                                           out=grad_gates[t, :batch])
             grad_input = step_product(grad_gates[t], recurrent_t)[:batch]  # [B, C + H]
             context = grad_input[:, :context_size]
             if context_masks is not None:
@@ -194,29 +194,17 @@ def attentive_lstm(known_gates: Tensor, hidden: Tensor, cell: Tensor, keys: Tens
 
 def run_decoder_steps(decoder: Decoder, tgt_in: Tensor, state: DecoderState, memory: Memory,
                       teacher_forcing_ratio: float = 1.0) -> tuple[Tensor, Tensor]:
-    """The seam ``Decoder.run_steps`` (:func:`~s2s.model.decoder.step_by_step`'s result,
-    faster) for teacher forcing.
-
-    When nothing of step t but the LSTM state feeds step t + 1 (no input feeding, full teacher
-    forcing), only the recurrence steps and the attentional layer runs once over all steps;
-    the recurrence of one LSTM layer under an attention declaring ``additive`` (Bahdanau's own
-    class) is :func:`attentive_lstm`. Otherwise the plain :func:`step_by_step`.
-    """
-    if decoder.input_feeding or teacher_forcing_ratio < 1.0:
+    """The seam ``Decoder.run_steps``: :func:`attentive_lstm` where it computes what
+    :func:`~s2s.model.decoder.step_by_step` computes — full teacher forcing, no input feeding,
+    one LSTM layer (``nn.LSTM`` itself, on the CPU), an attention declaring ``additive``
+    (Bahdanau's own class) and the ``Decoder`` class itself (a subclass may change its step) —
+    else :func:`step_by_step` itself."""
+    if (teacher_forcing_ratio < 1.0 or type(decoder) is not Decoder or decoder.input_feeding
+            or decoder.num_layers != 1 or type(decoder.rnn) is not nn.LSTM
+            or tgt_in.device.type != "cpu" or not type(decoder.attention).declares(ADDITIVE)):
         return step_by_step(decoder, tgt_in, state, memory, teacher_forcing_ratio)
     embedded = decoder.dropout(decoder.embedding(tgt_in))  # [B, T, E]: one lookup, one mask
-    if (decoder.num_layers == 1 and type(decoder.attention).declares(ADDITIVE)
-            and embedded.device.type == "cpu"):
-        contexts, outputs, weights = _additive_recurrence(decoder, embedded, state, memory)
-    else:
-        context_list, output_list, weight_list = [], [], []
-        for step_input in embedded.unbind(1):
-            context, output, state, alpha = decoder.recur(step_input, state, memory)
-            context_list.append(context)
-            output_list.append(output)
-            weight_list.append(alpha)
-        contexts, outputs = torch.stack(context_list, 1), torch.stack(output_list, 1)
-        weights = torch.stack(weight_list, 1)
+    contexts, outputs, weights = _additive_recurrence(decoder, embedded, state, memory)
     return decoder.attentional_vector(contexts, outputs), weights
 
 

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from s2s.cpu.folding import ContextFolding, FoldedMemory
 from s2s.cpu.lstm import run_encoder_lstm
-from s2s.cpu.prepack import PrepackedLinear, PrepackedLSTM, prepack_available
+from s2s.cpu.prepack import PrepackedLinear, PrepackedLSTM
+from s2s.cpu.products import onednn_available
 from s2s.model.attention import ADDITIVE, WEIGHTED_VALUES, Attention, BahdanauAttention, attend
-from s2s.model.decoder import DecoderState, Memory
+from s2s.model.decoder import Decoder, DecoderState, Memory
 from s2s.model.seq2seq import Seq2Seq
 
 
@@ -63,8 +64,8 @@ class CpuDecoding:
     """The search interface (``encode``, ``step``, ``special``, ``train``/``eval``) over a model
     prepared by :func:`prepare_decoding`.
 
-    With several rows per sentence (beam search) and a decoder whose attention declares
-    ``weighted_values``, ``encode`` folds the context's products into the memory and ``step``
+    With several rows per sentence (beam search), the ``Decoder`` class itself and an attention
+    declaring ``weighted_values``, ``encode`` folds the context's products into the memory and ``step``
     steps over it (:class:`~s2s.cpu.folding.ContextFolding`); otherwise both are the model's.
     Log-probabilities are computed in place over the step's fresh logits.
     """
@@ -73,7 +74,7 @@ class CpuDecoding:
         self.model = model
         self.special = model.special
         decoder = model.decoder
-        foldable = (isinstance(decoder.rnn, PrepackedLSTM)
+        foldable = (type(decoder) is Decoder and isinstance(decoder.rnn, PrepackedLSTM)
                     and type(decoder.attention).declares(WEIGHTED_VALUES))
         self.folding = ContextFolding(decoder, decoder.rnn) if foldable else None
 
@@ -124,7 +125,7 @@ def prepare_decoding(model: Seq2Seq) -> CpuDecoding:
     if type(decoder.attention).declares(ADDITIVE):
         attention = decoder.attention
         decoder.attention = AdditiveDecodingAttention(attention).train(attention.training)
-    if prepack_available():
+    if onednn_available():
         _prepack(model)
     return CpuDecoding(model)
 

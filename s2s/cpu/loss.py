@@ -122,10 +122,10 @@ def linear_cross_entropy(vectors: Tensor, weight: Tensor, bias: Optional[Tensor]
 
 def fused_cross_entropy(vectors: Tensor, output: nn.Module, gold: Tensor,
                         smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """The seam ``Seq2Seq.output_loss``: :func:`linear_cross_entropy` over ``output``'s weight
-    and bias; the model's own :func:`~s2s.model.seq2seq.cross_entropy` for an output layer
-    without float weights (int8)."""
-    weight = getattr(output, "weight", None)
-    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+    """The seam ``Seq2Seq.output_loss``: :func:`linear_cross_entropy` over the weight and bias
+    of an output layer that is exactly :class:`torch.nn.Linear`; the model's own
+    :func:`~s2s.model.seq2seq.cross_entropy` for anything else (a subclass, an int8 layer),
+    whose forward it must not bypass."""
+    if type(output) is not nn.Linear:
         return cross_entropy(vectors, output, gold, smoothing)
-    return linear_cross_entropy(vectors, weight, output.bias, gold, smoothing)
+    return linear_cross_entropy(vectors, output.weight, output.bias, gold, smoothing)

@@ -50,9 +50,8 @@ def padded_rows(rows: int, like: Tensor) -> int:
     return rows + (-rows) % 8 if like.device.type == "cpu" and not on_onednn(like) else rows
 
 
-
 def lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor, cell_out: Tensor,
-               state_out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+              state_out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """c(t), s(t) ``[..., H]`` from the gates ``[..., 4H]`` (i, f, g, o) and c(t-1); σ(i), σ(f),
     tanh(g), σ(o) are written into ``activations_out``, c(t) into ``cell_out`` (and s(t) into
     ``state_out`` when given)."""
@@ -68,7 +67,7 @@ def lstm_cell(gates: Tensor, cell: Tensor, activations_out: Tensor, cell_out: Te
 
 
 def lstm_cell_backward(grad_state: Tensor, grad_cell: Tensor, activations: Tensor,
-                        cell: Tensor, previous_cell: Tensor, out: Tensor) -> Tensor:
+                       cell: Tensor, previous_cell: Tensor, out: Tensor) -> Tensor:
     """Writes ∂gates ``[..., 4H]`` (before the activations) into ``out``; returns ∂c(t-1).
 
     From s = σ(o)·tanh(c), c = σ(f)·c(t-1) + σ(i)·tanh(g): ∂c += ∂s·σ(o)·(1 − tanh² c),
@@ -83,7 +82,6 @@ def lstm_cell_backward(grad_state: Tensor, grad_cell: Tensor, activations: Tenso
     torch.mul(grad_cell, previous_cell, out=grad_forget).mul_(forget - forget * forget)
     torch.mul(grad_cell, in_gate, out=grad_candidate).mul_(1.0 - candidate * candidate)
     return grad_cell * forget
-
 
 
 # ------------------------------------------------------------------ the encoder's (bi)LSTM
@@ -151,7 +149,7 @@ class _PackedLSTM(torch.autograd.Function):
                 gates = torch.baddbmm(input_gates[:, here], states[:, before], recurrent_t)
                 previous_cell = cells[:, before]
             lstm_cell(gates, previous_cell, activations_out=activations[:, here],
-                       cell_out=cells[:, here], state_out=states[:, here])
+                      cell_out=cells[:, here], state_out=states[:, here])
         ctx.save_for_backward(activations, cells, states, recurrent_weight)
         ctx.layout = layout
         return states, cells
@@ -177,8 +175,8 @@ class _PackedLSTM(torch.autograd.Function):
             previous_cell = (cells.new_zeros(directions, rows, size) if t == 0
                              else cells[:, _continuing_rows(layout, t)])
             grad_previous_cell = lstm_cell_backward(grad_state, grad_cell, activations[:, here],
-                                                     cells[:, here], previous_cell,
-                                                     out=grad_gates[:, here])
+                                                    cells[:, here], previous_cell,
+                                                    out=grad_gates[:, here])
             if t:
                 carried_cell[:, :rows] = grad_previous_cell
                 carried_state[:, :rows] = torch.bmm(grad_gates[:, here], recurrent_weight)
@@ -196,7 +194,7 @@ def packed_lstm(inputs: Tensor, layout: PackedLayout, input_weight: Tensor, bias
     inputs ``[D, N, E]`` (direction d's tokens in ``layout`` order), input_weight W_ih
     ``[D, 4H, E]``, bias b_ih + b_hh ``[D, 4H]``, recurrent_weight W_hh ``[D, 4H, H]``.
     Returns the states and cells ``[D, N, H]``: gates(t) = W_ih x(t) + b + W_hh s(t-1), then the
-    cell of :func:`_lstm_cell`. The input projection runs once for all N tokens; only the
+    cell of :func:`lstm_cell`. The input projection runs once for all N tokens; only the
     recurrent product runs step by step (one batched product for the directions), and its
     weight gradient is summed once after the backward loop.
     """
@@ -320,7 +318,8 @@ def encoder_path(lstm: nn.Module, embedded: Tensor) -> str:
     (:func:`segmented_lstm`: float32 where torch has oneDNN), "by hand" (:func:`packed_lstm`:
     with gradients otherwise) or "plain" (the model's own ``run_packed``: no gradient
     otherwise, another device, an int8 LSTM with no float weights to hand over)."""
-    if embedded.device.type != "cpu" or type(lstm) is not nn.LSTM:
+    if (embedded.device.type != "cpu" or type(lstm) is not nn.LSTM or not lstm.bias
+            or lstm.proj_size or not lstm.batch_first):
         return "plain"
     if fused_rnn_available() and lstm.weight_ih_l0.dtype == torch.float32:
         return "fused"

@@ -18,15 +18,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from s2s.cpu.products import onednn_available, onednn_linear
+from s2s.cpu.products import onednn_linear
 
 ROWS_HINT = 64  # oneDNN picks its blocking for about this many rows
 ROW_MULTIPLE = 8  # decoding products' row counts are padded to a multiple of this
-
-
-def prepack_available() -> bool:
-    """Whether this torch build has oneDNN's prepacked linear on the CPU."""
-    return onednn_available()
 
 
 def packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor]) -> Tensor:
