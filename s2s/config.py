@@ -148,7 +148,11 @@ class TrainingConfig:
     clip_grad_norm: float = _num(5.0, 0.0, doc="0 disables clipping")
     label_smoothing: float = _num(0.0, 0.0, 1.0, hi_open=True)
     normalization: Literal["tokens", "sentences"] = "tokens"
-    teacher_forcing_ratio: float = _num(1.0, 0.0, 1.0)
+    teacher_forcing_ratio: float = _num(1.0, 0.0, 1.0, doc="at update 0 for a decay schedule")
+    teacher_forcing_schedule: Literal["constant", "linear", "exponential",
+                                      "inverse_sigmoid"] = "constant"
+    teacher_forcing_decay: float = _num(0.0, 0.0)
+    teacher_forcing_min: float = _num(0.0, 0.0, 1.0)
     accumulate_steps: int = _num(1, 1)
     max_steps: int = _num(0, 0, doc="0 means no step budget")
     max_epochs: int = _num(0, 0, doc="0 means no epoch budget")
@@ -341,9 +345,20 @@ def _check_data(cfg: Config) -> None:
     if data.tokenizer.model is not None and not data.tokenizer.joint:
         raise ConfigError("config key 'data.tokenizer.model': one model serves both languages; "
                           "it needs data.tokenizer.joint: true")
+    _check_teacher_forcing(cfg.training)
     if len(cfg.training.betas) != 2 or not all(0 <= b < 1 for b in cfg.training.betas):
         raise ConfigError(f"config key 'training.betas': expected two numbers in [0, 1), "
                           f"got {cfg.training.betas}")
+
+
+def _check_teacher_forcing(training: TrainingConfig) -> None:
+    schedule, decay = training.teacher_forcing_schedule, training.teacher_forcing_decay
+    allowed = {"exponential": (0 < decay <= 1, "a factor per update in (0, 1]"),
+               "inverse_sigmoid": (decay >= 1, "k of k / (k + exp(step / k)), at least 1")}
+    ok, expected = allowed.get(schedule, (True, ""))
+    if not ok:
+        raise ConfigError(f"config key 'training.teacher_forcing_decay': the {schedule} "
+                          f"schedule takes {expected}, got {decay!r}")
 
 
 def config_from_dict(raw: Any, source: str = "config") -> Config:

@@ -33,6 +33,7 @@ from s2s.metrics import bleu, exact_match, perplexity
 from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
 from s2s.search.runner import translate_ids
 from s2s.train.checkpoint import load_checkpoint, save_checkpoint
+from s2s.train.schedule import teacher_forcing_ratio
 
 log = logging.getLogger("s2s")
 
@@ -261,9 +262,10 @@ class Trainer:
         denominator = (sum(len(split.tgt_ids[i]) + 1 for b in group for i in b)
                        if self.cfg.normalization == "tokens" else sum(len(b) for b in group))
         total_loss, total_tokens, finite = 0.0, 0, True
+        teacher_forcing = teacher_forcing_ratio(self.cfg, self.state.step)
         for indices in group:
             batch = self._collate(indices, split)
-            out = self.model(batch, self.cfg.teacher_forcing_ratio, self.cfg.label_smoothing)
+            out = self.model(batch, teacher_forcing, self.cfg.label_smoothing)
             (out.loss / denominator).backward()
             loss_value = float(out.loss.detach())
             finite = finite and math.isfinite(loss_value)
@@ -311,7 +313,9 @@ class Trainer:
         return {"step": self.state.step, "epoch": self.state.epoch + 1,
                 "val_loss": nll / max(tokens, 1), "ppl": perplexity(nll, tokens),
                 "bleu": bleu(hyps, refs).score, "exact_match": exact_match(hyps, refs),
-                "lr": self.optimizer.param_groups[0]["lr"], "example": hyps[0] if hyps else ""}
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "teacher_forcing": teacher_forcing_ratio(self.cfg, self.state.step),
+                "example": hyps[0] if hyps else ""}
 
     def _after_validation(self, scores: dict[str, Any], record_only: bool = False) -> bool:
         """Record scores, save checkpoints, step the scheduler; True to stop early.
