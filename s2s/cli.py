@@ -115,7 +115,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="Score a checkpoint (BLEU, chrF, exact match) or a hypothesis file.")
-    parser.add_argument("--checkpoint", help="checkpoint to translate with")
+    parser.add_argument("--checkpoint", nargs="+", metavar="CKPT",
+                        help="checkpoint to translate with; several: an ensemble (their "
+                             "log-probabilities averaged at each step)")
     parser.add_argument("--split", choices=["valid", "val", "test"], default=None,
                         help="a split of the checkpoint's corpus (default: test)")
     parser.add_argument("--src", help="source file to translate (with --ref)")
@@ -226,10 +228,28 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
 
 
 @reports_errors
+def average_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Average the weights of checkpoints of one model into a new checkpoint.")
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                        help="checkpoints of one training run, e.g. runs/x/step_*.pt")
+    parser.add_argument("--output", required=True, help="where to write the averaged one")
+    args = parser.parse_args(argv)
+
+    from s2s.train.checkpoint import average_checkpoints, save_checkpoint
+
+    save_checkpoint(average_checkpoints(args.checkpoints), args.output)
+    print(f"averaged {len(args.checkpoints)} checkpoints into {args.output}")
+    return 0
+
+
+@reports_errors
 def translate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="Translate text with a checkpoint: one line in, one line out.")
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT",
+                        help="checkpoint to translate with; several: an ensemble (their "
+                             "log-probabilities averaged at each step)")
     parser.add_argument("--input", help="file to translate (default: standard input)")
     parser.add_argument("--beam", type=positive_int, default=None,
                         help="beam size (default: evaluation.beam_size from the checkpoint)")

@@ -15,6 +15,7 @@ from s2s.data.tokenizer import SPECIAL
 from s2s.errors import CheckpointError, ConfigError, DataError
 from s2s.model.seq2seq import Seq2Seq, build_model
 from s2s.search.common import Hypothesis, SearchModel
+from s2s.search.ensemble import Ensemble
 from s2s.search.runner import search
 from s2s.train.checkpoint import load_checkpoint
 
@@ -99,16 +100,26 @@ def decoding_device(device: str, int8: bool = False) -> torch.device:
     return resolved
 
 
-def load_translator(path: str | Path, device: str = "auto", int8: bool = False,
-                    backend: str = "auto") -> Translator:
-    """Everything needed to translate, from one checkpoint file, on ``device`` with ``backend``
-    ("auto" or "plain", :func:`s2s.backend.select_backend`); ``int8``: int8 weights for the
-    linear layers and LSTMs (the CPU backend's, on the CPU only)."""
+def load_translator(paths: str | Path | Sequence[str | Path], device: str = "auto",
+                    int8: bool = False, backend: str = "auto") -> Translator:
+    """Everything needed to translate, from one checkpoint file — or from several, decoded as an
+    ensemble (:class:`~s2s.search.ensemble.Ensemble`; the checkpoints must share their
+    SentencePiece models, and the first's config is the translator's) — on ``device`` with
+    ``backend`` ("auto" or "plain", :func:`s2s.backend.select_backend`); ``int8``: int8 weights
+    for the linear layers and LSTMs (the CPU backend's, on the CPU only)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     resolved = decoding_device(device, int8)
     chosen = select_backend(backend, resolved)
-    translator = model_from_state(load_checkpoint(path, map_location="cpu"), resolved, str(path))
-    if int8:
-        translator.model = chosen.quantize_int8(translator.model)
-    translator.search_model = chosen.prepare_decoding(translator.model)
-    return translator
-
+    states = [load_checkpoint(path, map_location="cpu") for path in paths]
+    for path, state in zip(paths[1:], states[1:]):
+        if state.get("tokenizers") != states[0].get("tokenizers"):
+            raise CheckpointError(f"{path}: its SentencePiece models differ from {paths[0]}'s; "
+                                  f"an ensemble needs one vocabulary")
+    translators = [model_from_state(state, resolved, str(path))
+                   for path, state in zip(paths, states)]
+    first = translators[0]
+    models = [chosen.quantize_int8(t.model) if int8 else t.model for t in translators]
+    search_models = [chosen.prepare_decoding(model) for model in models]
+    first.model = models[0]
+    first.search_model = search_models[0] if len(models) == 1 else Ensemble(search_models)
+    return first

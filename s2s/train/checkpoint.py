@@ -19,7 +19,7 @@ import warnings
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -84,3 +84,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint format version {version}; this s2s reads "
                               f"version {FORMAT_VERSION}")
     return state
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """A checkpoint whose weights are the element-wise mean of those in ``paths`` (the same
+    model config and tokenizers in each): the config, tokenizers, step and epoch of the last,
+    no optimizer or data-order state — it translates like any checkpoint but does not resume.
+    Any mismatch is one :class:`CheckpointError` line naming the file."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    states = [load_checkpoint(path) for path in paths]
+    for path, state in zip(paths, states):
+        missing = sorted({"config", "model", "tokenizers"} - set(state))
+        if missing:
+            raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    first, reference = states[0], str(paths[0])
+
+    def shapes(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(tensor.shape) for name, tensor in state["model"].items()}
+
+    for path, state in zip(paths[1:], states[1:]):
+        if state["config"].get("model") != first["config"].get("model"):
+            raise CheckpointError(f"{path}: its model config differs from {reference}'s; only "
+                                  f"checkpoints of one model can be averaged")
+        if state["tokenizers"] != first["tokenizers"]:
+            raise CheckpointError(f"{path}: its SentencePiece models differ from {reference}'s; "
+                                  f"only checkpoints of one model can be averaged")
+        if shapes(state) != shapes(first):
+            raise CheckpointError(f"{path}: its weights do not match {reference}'s")
+    averaged = {}
+    for name, tensor in first["model"].items():
+        if tensor.is_floating_point():
+            total = sum(state["model"][name].double() for state in states)
+            averaged[name] = (total / len(states)).to(tensor.dtype)
+        else:
+            averaged[name] = tensor.clone()
+    last = states[-1]
+    return {"config": last["config"], "model": averaged, "tokenizers": last["tokenizers"],
+            "step": last.get("step", 0), "epoch": last.get("epoch", 0), "scores": {},
+            "averaged_from": [str(path) for path in paths]}
