@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+from s2s.data.corpus import MULTI30K_TEST_SETS
 from s2s.errors import S2SError
 
 if TYPE_CHECKING:
@@ -118,8 +119,10 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", nargs="+", metavar="CKPT",
                         help="checkpoint to translate with; several: an ensemble (their "
                              "log-probabilities averaged at each step)")
-    parser.add_argument("--split", choices=["valid", "val", "test"], default=None,
-                        help="a split of the checkpoint's corpus (default: test)")
+    parser.add_argument("--split", default=None,
+                        choices=["valid", "val", "test", *MULTI30K_TEST_SETS],
+                        help="a split of the checkpoint's corpus (default: test; for Multi30k "
+                             "also its other test sets by name)")
     parser.add_argument("--src", help="source file to translate (with --ref)")
     parser.add_argument("--ref", help="reference file")
     parser.add_argument("--hyp", help="score this hypothesis file against --ref, no model")

@@ -260,6 +260,24 @@ def test_multi30k_from_mirror(tmp_path, monkeypatch, shared_mirror):
     assert multi30k_prefix("valid", tmp_path, "de", "en") == prefix
 
 
+@pytest.mark.parametrize("name,lines", [("test_2017_flickr", 1000), ("test_2017_mscoco", 461),
+                                        ("test_2018_flickr", 1071)])
+def test_multi30k_s_other_test_sets_by_name(tmp_path, shared_mirror, name, lines):
+    """Read with their checksums checked (the mirror needs them: a missing file skips)."""
+    if not (Path(shared_mirror) / f"{name}.de.gz").is_file():
+        pytest.skip(f"the mirror has no {name}")
+    config = DataConfig(corpus="multi30k", root=str(tmp_path))
+    text = read_split(config, name)
+    assert len(text.src) == len(text.tgt) == lines
+    assert {f"{name}.de.gz", f"{name}.en.gz"} <= set(corpus.MULTI30K_SHA256)
+
+
+def test_a_multi30k_test_set_of_another_corpus_is_one_clear_error():
+    with pytest.raises(DataError, match="split 'test_2017_flickr' is a Multi30k test set, but "
+                                        "the corpus is 'toy'"):
+        read_split(DataConfig(corpus="toy"), "test_2017_flickr")
+
+
 def test_multi30k_mirror_without_files(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     mirror.mkdir()

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 MIRROR_ENV = "S2S_DATA_MIRROR"
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
-MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+MULTI30K_TEST_SETS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco",
+                      "test_2018_flickr")
+MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr",
+                   **{name: name for name in MULTI30K_TEST_SETS}}
 MULTI30K_LANGS = ("de", "en", "fr", "cs")
 MULTI30K_SHA256 = {
     "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
@@ -33,6 +36,12 @@ MULTI30K_SHA256 = {
     "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
     "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
     "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+    "test_2017_flickr.de.gz": "a2c89666db00c495cd8513b9d708d5a3acc205d7de312ef2bf5fb7ebc1540aee",
+    "test_2017_flickr.en.gz": "76a444ee25172e72695cddb13ae4a3bda59430617be88e0bb46b60504f054074",
+    "test_2017_mscoco.de.gz": "799e4854c25d601cb6cb6be29eabe5667734c61ace2f495e03e429031a0bc338",
+    "test_2017_mscoco.en.gz": "aab300bfb4427697987e02cd0aacd44bfe8aa50456231b6474c08038bbed2b58",
+    "test_2018_flickr.de.gz": "ddd0130c7d97482dc5197a02141dae8dd79f20f03586c480d675c09a32daf608",
+    "test_2018_flickr.en.gz": "ef4f4844037d4c5dea75c9a8ed5fd78905967a26f67c255e230cc9780032654d",
 }
 
 
@@ -156,8 +165,9 @@ def fetch_multi30k_file(name: str, directory: Path) -> Path:
 
 
 def multi30k_prefix(split: str, root: str | Path, src_lang: str, tgt_lang: str) -> str:
-    """Fetch one Multi30k split (``train``, ``valid`` or ``test``) for both languages and
-    return its path prefix (``root/multi30k/<name>``; files end in ``.LANG.gz``)."""
+    """Fetch one Multi30k split (``train``, ``valid``, ``test`` = test_2016_flickr, or a test
+    set by name: :data:`MULTI30K_TEST_SETS`) for both languages and return its path prefix
+    (``root/multi30k/<name>``; files end in ``.LANG.gz``)."""
     for lang in (src_lang, tgt_lang):
         if lang not in MULTI30K_LANGS:
             raise DataError(f"Multi30k has no language '{lang}'; it has "

@@ -66,7 +66,11 @@ class EncodedSplit:
 
 
 def read_split(cfg: DataConfig, split: str) -> Optional[ParallelText]:
-    """Raw text of ``split`` (train/valid/test) for the configured corpus; None if not set."""
+    """Raw text of ``split`` (train/valid/test, or for Multi30k one of its test sets by name)
+    for the configured corpus; None if not set."""
+    if split not in SPLITS and cfg.corpus != "multi30k":
+        raise DataError(f"split '{split}' is a Multi30k test set, but the corpus is "
+                        f"'{cfg.corpus}'; use --src and --ref")
     if cfg.corpus == "toy":
         return toy_splits(cfg.toy_train_size)[split]
     if cfg.corpus == "multi30k":
