@@ -86,6 +86,7 @@ class EncoderConfig:
     num_layers: int = _num(1, 1)
     bidirectional: bool = True
     dropout: float = _num(0.2, 0.0, 1.0, hi_open=True)
+    word_dropout: float = _num(0.0, 0.0, 1.0, hi_open=True)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class DecoderConfig:
     num_layers: int = _num(1, 1)
     dropout: float = _num(0.2, 0.0, 1.0, hi_open=True)
     hidden_dropout: float = _num(0.2, 0.0, 1.0, hi_open=True)
+    word_dropout: float = _num(0.0, 0.0, 1.0, hi_open=True)
     input_feeding: bool = False
     attentional_size: Optional[int] = _num(None, 1)
     init: Literal["bridge", "last", "zeros"] = "bridge"

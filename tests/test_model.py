@@ -7,7 +7,7 @@ import torch
 
 from s2s.data.batching import collate
 from s2s.model.decoder import step_by_step
-from s2s.model.seq2seq import build_model
+from s2s.model.seq2seq import build_model, drop_words
 from s2s.data.tokenizer import SPECIAL
 from tests.conftest import (ATTENTION_NAMES, REVERSAL_PAIRS, assert_finite_differences, overfit,
                             random_batch, tiny_model, tiny_model_config)
@@ -234,3 +234,24 @@ def test_uniform_initializer_draws_every_parameter_within_its_range(init_range):
         # biases too, and spread over the range: not Xavier's bounds, not zeros
         assert values.abs().max() > init_range / 2 or values.numel() < 4, name
         assert values.min() < 0 < values.max() or values.numel() < 4, name
+
+
+def test_word_dropout_replaces_real_tokens_by_unk_in_training_only():
+    torch.manual_seed(0)
+    tokens = torch.tensor([[SPECIAL.bos, 5, 6, 7, SPECIAL.eos, SPECIAL.pad]] * 2000)
+    dropped = drop_words(tokens, 0.3, SPECIAL)
+    real = tokens > SPECIAL.eos
+    assert torch.equal(dropped[~real], tokens[~real])  # BOS, EOS and padding stay
+    assert set(dropped[real].unique().tolist()) == {5, 6, 7, SPECIAL.unk}
+    assert float((dropped[real] == SPECIAL.unk).float().mean()) == pytest.approx(0.3, abs=0.02)
+    assert drop_words(tokens, 0.0, SPECIAL) is tokens
+    cfg = tiny_model_config("general")
+    cfg.encoder.word_dropout, cfg.decoder.word_dropout = 0.5, 0.25
+    model = build_model(cfg, 20, 20, SPECIAL, 16)
+    assert model.word_dropout == (0.5, 0.25)
+    batch = random_batch(seed=1)
+    model.eval()
+    torch.testing.assert_close(model(batch).loss, model(batch).loss)  # no dropout in eval
+    model.train()
+    losses = {float(model(batch).loss.detach()) for _ in range(3)}
+    assert len(losses) == 3

@@ -47,6 +47,16 @@ def cross_entropy(vectors: Tensor, output: nn.Module, gold: Tensor,
     return loss.sum(), nll.sum().detach(), correct
 
 
+def drop_words(tokens: Tensor, p: float, special: SpecialIds) -> Tensor:
+    """Word dropout: each real token of ``tokens [B, L]`` (not padding, BOS or EOS) replaced by
+    UNK with probability ``p``."""
+    if p == 0.0:
+        return tokens
+    real = (tokens != special.pad) & (tokens != special.bos) & (tokens != special.eos)
+    dropped = real & (torch.rand(tokens.shape, device=tokens.device) < p)
+    return tokens.masked_fill(dropped, special.unk)
+
+
 OutputLoss = Callable[[Tensor, nn.Module, Tensor, float], tuple[Tensor, Tensor, Tensor]]
 
 
@@ -54,11 +64,13 @@ class Seq2Seq(nn.Module):
     """Encoder + attentional decoder. ``output_loss`` is the seam where a backend may put a
     faster equivalent of :func:`cross_entropy` (docs/architecture.md)."""
 
-    def __init__(self, encoder: Encoder, decoder: Decoder, special: SpecialIds) -> None:
+    def __init__(self, encoder: Encoder, decoder: Decoder, special: SpecialIds,
+                 word_dropout: tuple[float, float] = (0.0, 0.0)) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.special = special
+        self.word_dropout = word_dropout  # source, target (teacher-forced inputs): training only
         self.output_loss: OutputLoss = cross_entropy
 
     def encode(self, src: Tensor, src_lengths: Tensor,
@@ -83,8 +95,12 @@ class Seq2Seq(nn.Module):
                 label_smoothing: float = 0.0) -> LossOutput:
         """The teacher-forced loss of ``batch``, over its real (non-padding) target tokens
         only: padded positions cost no output-layer work."""
-        memory, state = self.encode(batch.src, batch.src_lengths)
-        vectors, _ = self.decoder(batch.tgt_in, state, memory, teacher_forcing_ratio)
+        src, tgt_in = batch.src, batch.tgt_in
+        if self.training:
+            src = drop_words(src, self.word_dropout[0], self.special)
+            tgt_in = drop_words(tgt_in, self.word_dropout[1], self.special)
+        memory, state = self.encode(src, batch.src_lengths)
+        vectors, _ = self.decoder(tgt_in, state, memory, teacher_forcing_ratio)
         real = batch.tgt_mask
         gold = batch.tgt_out[real]                                      # [N]
         vectors = self.decoder.hidden_dropout(vectors[real])            # [N, A]
@@ -130,7 +146,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                       input_feeding=dec.input_feeding, attentional_size=dec.attentional_size,
                       init=dec.init, attentional_activation=dec.attentional_activation,
                       pad_id=special.pad, tied_embeddings=cfg.tied_embeddings)
-    model = Seq2Seq(encoder, decoder, special)
+    model = Seq2Seq(encoder, decoder, special, (enc.word_dropout, dec.word_dropout))
     initialize(model, cfg.initializer, cfg.init_range)
     return model
 
