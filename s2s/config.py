@@ -158,6 +158,7 @@ class TrainingConfig:
     accumulate_steps: int = _num(1, 1)
     max_steps: int = _num(0, 0, doc="0 means no step budget")
     max_epochs: int = _num(0, 0, doc="0 means no epoch budget")
+    max_minutes: float = _num(0.0, 0.0, doc="0 means no time budget")
     validate_every: int = _num(1000, 1)
     log_every: int = _num(50, 1)
     keep_checkpoints: int = _num(1, 0)

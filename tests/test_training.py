@@ -116,3 +116,13 @@ def test_accumulation_and_epoch_budget(tmp_path):
     batches = len(trainer.sampler)
     result = trainer.train()
     assert result["steps"] == (batches + 1) // 2
+
+
+def test_a_time_budget_stops_training_and_validates_at_the_end(tmp_path):
+    trainer = Trainer(small_config(tmp_path, "training.max_minutes=0.0001",
+                                   "training.validate_every=1000"))
+    result = trainer.train()
+    assert result["steps"] == 1  # the first update already takes longer than 6 ms
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["final"] and record["step"] == 1 and record["elapsed"] > 0
+    assert load_checkpoint(tmp_path / "last.pt")["trainer"]["elapsed"] == trainer.state.elapsed

@@ -74,6 +74,7 @@ class TrainState:
     bad_steps: int = 0
     validated_step: int = -1
     finished: bool = False
+    elapsed: float = 0.0  # seconds of training so far, over every resumed part
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -315,6 +316,7 @@ class Trainer:
                 "bleu": bleu(hyps, refs).score, "exact_match": exact_match(hyps, refs),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "teacher_forcing": teacher_forcing_ratio(self.cfg, self.state.step),
+                "elapsed": self.state.elapsed,
                 "example": hyps[0] if hyps else ""}
 
     def _after_validation(self, scores: dict[str, Any], record_only: bool = False) -> bool:
@@ -418,7 +420,10 @@ class Trainer:
                  self._interrupted.name)
 
     def _done(self) -> bool:
-        return bool(self.cfg.max_steps) and self.state.step >= self.cfg.max_steps
+        """Whether a step or time budget is spent (an epoch budget ends the batches)."""
+        over_steps = bool(self.cfg.max_steps) and self.state.step >= self.cfg.max_steps
+        minutes = self.cfg.max_minutes
+        return over_steps or (bool(minutes) and self.state.elapsed >= 60.0 * minutes)
 
     def train(self) -> dict[str, Any]:
         """Run until the step/epoch budget, early stopping or an interrupt."""
@@ -448,6 +453,7 @@ class Trainer:
                    mininterval=0.2 if interactive else 30.0)
         window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
         run_tokens, run_start = 0, time.perf_counter()
+        elapsed_before = self.state.elapsed
         last_scores: dict[str, Any] = {}
         batches = self._batches()
         while not self._done() and not self.state.finished:
@@ -457,6 +463,7 @@ class Trainer:
                 break
             loss, tokens = self._update(group)
             self.state.step += 1
+            self.state.elapsed = elapsed_before + time.perf_counter() - run_start
             if self.on_update is not None:
                 self.on_update(UpdateRecord(self.state.step, loss, tokens, time.perf_counter()))
             window_tokens += tokens
