@@ -1,7 +1,9 @@
-"""Attention heatmaps (matplotlib is an optional extra: ``pip install s2s[plot]``)."""
+"""Attention heatmaps and training curves (matplotlib is an optional extra:
+``pip install s2s[plot]``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -63,3 +65,46 @@ def plot_translation(translator: Translator, sentence: str, path: str | Path,
     plot_attention(hyp.attention[:, :len(src_pieces)], src_pieces, tgt_pieces, path,
                    title=f"{sentence}\n→ {text}")
     return text
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The validation records of a run directory's ``metrics.jsonl``, in order."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise S2SError(f"'{path}' does not exist: not a training run's directory")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise S2SError(f"{path}, line {number}: not a JSON record") from None
+    return records
+
+
+def plot_curves(runs: Sequence[str | Path], path: str | Path,
+                labels: Sequence[str] | None = None) -> Path:
+    """Validation BLEU and loss of each run against updates and against wall time (minutes,
+    where the run recorded it): a 2 × 2 PNG, one line per run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
+    for run, label in zip(runs, labels or [Path(run).name for run in runs]):
+        records = read_metrics(run)
+        steps = [r["step"] for r in records]
+        minutes = [r.get("elapsed", float("nan")) / 60.0 for r in records]
+        for row, key in enumerate(("bleu", "val_loss")):
+            values = [r[key] for r in records]
+            axes[row][0].plot(steps, values, marker=".", label=label)
+            axes[row][1].plot(minutes, values, marker=".", label=label)
+    for row, name in enumerate(("validation BLEU", "validation loss")):
+        axes[row][0].set_ylabel(name)
+    axes[1][0].set_xlabel("updates")
+    axes[1][1].set_xlabel("minutes of training")
+    axes[0][1].legend(fontsize=8)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

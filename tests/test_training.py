@@ -126,3 +126,12 @@ def test_a_time_budget_stops_training_and_validates_at_the_end(tmp_path):
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["final"] and record["step"] == 1 and record["elapsed"] > 0
     assert load_checkpoint(tmp_path / "last.pt")["trainer"]["elapsed"] == trainer.state.elapsed
+
+
+def test_a_run_shorter_than_validate_every_still_writes_best_pt(tmp_path):
+    trainer = Trainer(small_config(tmp_path, "training.max_steps=3",
+                                   "training.validate_every=1000"))
+    trainer.train()
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert best["step"] == last["step"] == 3 and best["scores"]["final"]
+    assert trainer.state.best_score is None  # a longer run would not count it either

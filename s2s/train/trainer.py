@@ -323,9 +323,9 @@ class Trainer:
         """Record scores, save checkpoints, step the scheduler; True to stop early.
 
         ``record_only`` (the closing validation of a budget that is not a multiple of
-        ``validate_every``) logs and saves ``last.pt`` but leaves the best score, the patience
-        count and the scheduler alone, so extending the budget and resuming continues exactly
-        as a longer run would have."""
+        ``validate_every``) logs and saves ``last.pt`` (and ``best.pt`` if the run has none)
+        but leaves the best score, the patience count and the scheduler alone, so extending
+        the budget and resuming continues exactly as a longer run would have."""
         self.state.validated_step = self.state.step
         es = self.cfg.early_stopping
         value = scores[es.metric]
@@ -351,7 +351,10 @@ class Trainer:
         stop = not record_only and self.state.bad_validations >= es.patience
         if stop:
             self.state.finished = True
-        if improved:  # best first: a kill between the two writes never leaves best.pt stale
+        # a run that ends before its first counted validation still leaves a best.pt (its only
+        # validation), without a best score that would change how a longer run goes on
+        first_of_run = record_only and self.state.best_score is None
+        if improved or first_of_run:  # best first: a kill between the writes never leaves it stale
             self.save("best.pt", scores)
         self.save("last.pt", scores)
         if not record_only:
