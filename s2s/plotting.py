@@ -24,6 +24,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write ``fig`` to the PNG ``path`` (its folder made) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_attention(weights: Tensor, src_pieces: Sequence[str], tgt_pieces: Sequence[str],
                    path: str | Path, title: str = "") -> Path:
     """Draw ``weights [len(tgt_pieces), len(src_pieces)]`` (one row per target subword, rows
@@ -43,12 +53,7 @@ def plot_attention(weights: Tensor, src_pieces: Sequence[str], tgt_pieces: Seque
     if title:
         ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_translation(translator: Translator, sentence: str, path: str | Path,
@@ -102,9 +107,4 @@ def plot_curves(runs: Sequence[str | Path], path: str | Path,
     axes[0][1].legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
