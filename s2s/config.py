@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from s2s.errors import ConfigError
+from s2s.errors import ConfigError, file_problem
 
 
 def _num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
@@ -32,6 +33,17 @@ def _num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_o
     """A numeric field with an allowed range ``[lo, hi]`` (ends optionally open)."""
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "doc": doc}
     return field(default=default, metadata=meta)
+
+
+# Upper bounds far above any sensible value, so that a typo fails here in one line rather than
+# in the allocator; what a model of allowed sizes needs is checked against the machine's memory
+# before it is built (s2s.footprint).
+MAX_WIDTH = 65_536        # embedding, hidden and attention sizes
+MAX_LAYERS = 64
+MAX_VOCAB = 1_000_000
+MAX_TOKENS = 10_000_000   # batch budgets, sentence counts
+MAX_LENGTH = 100_000      # tokens in one sentence
+MAX_SEED = 2**32 - 1      # numpy's and many tools' seed range; torch and random accept it too
 
 
 def _sub(factory: type) -> Any:
@@ -48,12 +60,12 @@ class TokenizerConfig:
     model: Optional[str] = None
 
     joint: bool = True
-    vocab_size: int = _num(8000, 8)
-    src_vocab_size: Optional[int] = _num(None, 8)
-    tgt_vocab_size: Optional[int] = _num(None, 8)
+    vocab_size: int = _num(8000, 8, MAX_VOCAB)
+    src_vocab_size: Optional[int] = _num(None, 8, MAX_VOCAB)
+    tgt_vocab_size: Optional[int] = _num(None, 8, MAX_VOCAB)
     model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
     character_coverage: float = _num(1.0, 0.9, 1.0)
-    input_sentence_size: int = _num(1_000_000, 1)
+    input_sentence_size: int = _num(1_000_000, 1, MAX_TOKENS)
 
 
 @dataclass
@@ -72,18 +84,18 @@ class DataConfig:
     valid: Optional[str] = None
     test: Optional[str] = None
     root: str = "data"
-    max_length: int = _num(100, 1)
-    batch_tokens: int = _num(2000, 1)
-    valid_batch_size: int = _num(64, 1)
-    toy_train_size: int = _num(20000, 10)
+    max_length: int = _num(100, 1, MAX_LENGTH)
+    batch_tokens: int = _num(2000, 1, MAX_TOKENS)
+    valid_batch_size: int = _num(64, 1, MAX_TOKENS)
+    toy_train_size: int = _num(20000, 10, MAX_TOKENS)
     tokenizer: TokenizerConfig = _sub(TokenizerConfig)
 
 
 # -------------------------------------------------------------------------------------- model
 @dataclass
 class EncoderConfig:
-    hidden_size: int = _num(256, 1)
-    num_layers: int = _num(1, 1)
+    hidden_size: int = _num(256, 1, MAX_WIDTH)
+    num_layers: int = _num(1, 1, MAX_LAYERS)
     bidirectional: bool = True
     dropout: float = _num(0.2, 0.0, 1.0, hi_open=True)
     word_dropout: float = _num(0.0, 0.0, 1.0, hi_open=True)
@@ -91,13 +103,13 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    hidden_size: int = _num(512, 1)
-    num_layers: int = _num(1, 1)
+    hidden_size: int = _num(512, 1, MAX_WIDTH)
+    num_layers: int = _num(1, 1, MAX_LAYERS)
     dropout: float = _num(0.2, 0.0, 1.0, hi_open=True)
     hidden_dropout: float = _num(0.2, 0.0, 1.0, hi_open=True)
     word_dropout: float = _num(0.0, 0.0, 1.0, hi_open=True)
     input_feeding: bool = False
-    attentional_size: Optional[int] = _num(None, 1)
+    attentional_size: Optional[int] = _num(None, 1, MAX_WIDTH)
     init: Literal["bridge", "last", "zeros"] = "bridge"
     attentional_activation: Literal["tanh", "none"] = "tanh"
 
@@ -107,11 +119,11 @@ class ModelConfig:
     """Sizes of the encoder-decoder and the attention it uses (see ``s2s.model.attention``)."""
 
     attention: str = "bahdanau"
-    embedding_dim: int = _num(256, 1)
-    src_embedding_dim: Optional[int] = _num(None, 1)
-    tgt_embedding_dim: Optional[int] = _num(None, 1)
-    attention_size: Optional[int] = _num(None, 1)
-    num_heads: int = _num(1, 1)
+    embedding_dim: int = _num(256, 1, MAX_WIDTH)
+    src_embedding_dim: Optional[int] = _num(None, 1, MAX_WIDTH)
+    tgt_embedding_dim: Optional[int] = _num(None, 1, MAX_WIDTH)
+    attention_size: Optional[int] = _num(None, 1, MAX_WIDTH)
+    num_heads: int = _num(1, 1, MAX_WIDTH)
     tied_embeddings: bool = False
     initializer: Literal["xavier", "uniform"] = "xavier"
     init_range: float = _num(0.1, 0.0, lo_open=True, doc="r of the uniform initializer")
@@ -138,10 +150,10 @@ class EarlyStoppingConfig:
 
 @dataclass
 class TrainingConfig:
-    seed: int = 42
+    seed: int = _num(42, 0, MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "plain"] = "auto"
-    num_threads: int = _num(0, 0, doc="0 keeps torch's default")
+    num_threads: int = _num(0, 0, 1024, doc="0 keeps torch's default")
     output_dir: str = "runs/default"
     optimizer: Literal["adam", "adamw"] = "adam"
     learning_rate: float = _num(3e-4, 0.0, lo_open=True)
@@ -155,28 +167,28 @@ class TrainingConfig:
                                       "inverse_sigmoid"] = "constant"
     teacher_forcing_decay: float = _num(0.0, 0.0)
     teacher_forcing_min: float = _num(0.0, 0.0, 1.0)
-    accumulate_steps: int = _num(1, 1)
+    accumulate_steps: int = _num(1, 1, 100_000)
     max_steps: int = _num(0, 0, doc="0 means no step budget")
     max_epochs: int = _num(0, 0, doc="0 means no epoch budget")
     max_minutes: float = _num(0.0, 0.0, doc="0 means no time budget")
     validate_every: int = _num(1000, 1)
     log_every: int = _num(50, 1)
-    keep_checkpoints: int = _num(1, 0)
+    keep_checkpoints: int = _num(1, 0, 100_000)
     max_bad_steps: int = _num(5, 1)
     progress_bar: bool = True
-    plot_attention: int = _num(0, 0, doc="validation sentences drawn as heatmaps per validation")
+    plot_attention: int = _num(0, 0, 1000, doc="validation sentences drawn as heatmaps per validation")
     scheduler: SchedulerConfig = _sub(SchedulerConfig)
     early_stopping: EarlyStoppingConfig = _sub(EarlyStoppingConfig)
 
 
 @dataclass
 class EvaluationConfig:
-    beam_size: int = _num(5, 1)
+    beam_size: int = _num(5, 1, 1000)
     length_penalty: float = _num(0.0, 0.0)
-    batch_size: int = _num(64, 1)
-    max_output_length: int = _num(100, 1)
+    batch_size: int = _num(64, 1, MAX_TOKENS)
+    max_output_length: int = _num(100, 1, MAX_LENGTH)
     max_output_ratio: float = _num(2.0, 0.0, lo_open=True)
-    workers: int = _num(0, 0, doc="CPU: batches (beam) or sentence streams (greedy) decoded "
+    workers: int = _num(0, 0, 1024, doc="CPU: batches (beam) or sentence streams (greedy) decoded "
                                   "at once, each in its own thread; 0 = one per torch thread "
                                   "(at most 4)")
 
@@ -208,20 +220,44 @@ def _type_name(tp: Any) -> str:
         tp, getattr(tp, "__name__", str(tp)))
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxtuple = 1, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 40
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut short, without walking a huge or deeply nested value (an error
+    message must never grow with the input)."""
+    return _SHORT.repr(value)
+
+
+def clip(text: str, limit: int = 100) -> str:
+    """``text``, or its two ends around "..." when it is longer than ``limit``."""
+    half = (limit - 3) // 2
+    return text if len(text) <= limit else f"{text[:half]}...{text[-half:]}"
+
+
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a mapping"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{short_repr(value)} ({type(value).__name__})"
+
+
+def _bound(limit: float) -> str:
+    return f"{limit:g}" if isinstance(limit, float) else str(limit)
 
 
 def _check_range(value: float, meta: dict[str, Any], path: str) -> None:
     lo, hi = meta.get("lo"), meta.get("hi")
     too_low = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
     too_high = hi is not None and (value >= hi if meta.get("hi_open") else value > hi)
-    if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
-        left = "(" if meta.get("lo_open") else "["
-        right = ")" if meta.get("hi_open") else "]"
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        raise ConfigError(f"config key '{path}': expected a value in {left}{lo_s}, {hi_s}{right}, "
+    if too_low or too_high or not math.isfinite(value):
+        left = "(" if meta.get("lo_open") or lo is None else "["
+        right = ")" if meta.get("hi_open") or hi is None else "]"
+        lo_s = "-inf" if lo is None else _bound(lo)
+        hi_s = "inf" if hi is None else _bound(hi)
+        finite = "a finite value" if isinstance(value, float) else "a value"
+        raise ConfigError(f"config key '{path}': expected {finite} in {left}{lo_s}, {hi_s}{right}, "
                           f"got {value!r}")
 
 
@@ -275,9 +311,9 @@ def _float_from_string(value: str, path: str) -> Any:
 
 
 def _unknown_value_message(path: str, value: Any, allowed: list[str]) -> str:
-    guess = difflib.get_close_matches(str(value), allowed, n=1)
+    guess = difflib.get_close_matches(value, allowed, n=1) if isinstance(value, str) else []
     hint = f" (did you mean '{guess[0]}'?)" if guess else ""
-    return (f"config key '{path}': unknown value {value!r}{hint}; "
+    return (f"config key '{path}': unknown value {short_repr(value)}{hint}; "
             f"expected one of: {', '.join(sorted(allowed))}")
 
 
@@ -292,8 +328,9 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
-            full = f"{path}.{key}" if path else str(key)
-            guess = difflib.get_close_matches(str(key), list(fields), n=1)
+            name = key if isinstance(key, str) else short_repr(key)
+            full = f"{path}.{name}" if path else name
+            guess = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean '{guess[0]}'?)" if guess else ""
             raise ConfigError(f"unknown config key '{full}'{hint}; valid keys"
                               f"{' in ' + repr(path) if path else ''}: {', '.join(fields)}")
@@ -375,15 +412,59 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
     return cfg
 
 
+MAX_YAML_NODES = 100_000  # a config has about a hundred; aliases may not expand past this
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias in it is expanded; aliases point at
+    shared nodes, so ``sizes`` (by node id) keeps this linear in the file's size."""
+    if id(node) in sizes:
+        if sizes[id(node)] < 0:
+            raise ConfigError("a YAML alias refers to a node that contains it (a recursive "
+                              "value)")
+        return sizes[id(node)]
+    sizes[id(node)] = -1
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    total = 1 + sum(_expanded_size(child, sizes) for child in children)
+    sizes[id(node)] = min(total, MAX_YAML_NODES + 1)
+    return sizes[id(node)]
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, refusing documents whose anchors and aliases expand past
+    :data:`MAX_YAML_NODES` nodes (an "alias bomb" is a few lines that expand to billions) and
+    nesting too deep to walk."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"its anchors and aliases expand to more than {MAX_YAML_NODES:,} "
+                              f"values; a config needs a few hundred")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError("it is nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=VALUE`` into its key path and YAML-parsed value."""
     key, sep, value = text.partition("=")
+    shown = clip(text)  # messages quote a long override cut short
     if not sep or not key.strip():
-        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. training.max_steps=100")
+        raise ConfigError(f"override '{shown}': expected KEY=VALUE, e.g. training.max_steps=100")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = safe_yaml(value) if value.strip() else ""
+    except ConfigError as err:
+        raise ConfigError(f"override '{shown}': {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': value is not valid YAML "
+        raise ConfigError(f"override '{shown}': value is not valid YAML "
                           f"({getattr(err, 'problem', None) or err})") from None
     return key.strip().split("."), parsed
 
@@ -393,11 +474,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     raw = copy.deepcopy(raw)
     for text in overrides:
         keys, value = parse_override(text)
+        shown = clip(text)
         node = raw
         for depth, key in enumerate(keys[:-1]):
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{'.'.join(keys[:depth + 1])}' is a value, "
+                raise ConfigError(f"override '{shown}': '{'.'.join(keys[:depth + 1])}' is a value, "
                                   f"not a section")
             node = child
         node[keys[-1]] = value
@@ -407,10 +489,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with file, line and column in any parse error."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise ConfigError(f"config file '{path}' {problem}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_yaml(path.read_text(encoding="utf-8"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -13,6 +13,8 @@ from s2s.config import Config, config_from_dict
 from s2s.data.splits import Tokenizers
 from s2s.data.tokenizer import SPECIAL
 from s2s.errors import CheckpointError, ConfigError, DataError
+from s2s.footprint import (check_memory, check_weights, decoding_bytes, model_shapes,
+                           parameter_count)
 from s2s.model.seq2seq import Seq2Seq, build_model
 from s2s.search.common import Hypothesis, SearchModel
 from s2s.search.ensemble import Ensemble
@@ -74,6 +76,12 @@ def model_from_state(state: dict, device: torch.device, source: str = "checkpoin
     try:
         config = config_from_dict(state["config"], f"{source} config")
         tokenizers = Tokenizers.from_checkpoint(state["tokenizers"])
+        shapes = model_shapes(config.model, len(tokenizers.src), len(tokenizers.tgt),
+                              config.data.max_length + 1)
+        check_weights(state["model"], shapes, source)
+        parameters = parameter_count(shapes)
+        check_memory(decoding_bytes(config, parameters, len(tokenizers.tgt)), parameters,
+                     device, "decoding with")
         model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt), SPECIAL,
                             config.data.max_length + 1)
         model.load_state_dict(state["model"])

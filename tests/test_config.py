@@ -139,24 +139,50 @@ def test_bad_literal_value_lists_choices():
 
 # ---------------------------------------------------------------------------- out of range
 @pytest.mark.parametrize("raw, path, interval, value", [
-    (with_(model={"encoder": {"hidden_size": -3}}), "model.encoder.hidden_size", "[1, inf]",
-     "-3"),
-    (with_(model={"embedding_dim": 0}), "model.embedding_dim", "[1, inf]", "0"),
-    (with_(model={"decoder": {"dropout": 1.0}}), "model.decoder.dropout", "[0, 1)", "1.0"),
-    (with_(model={"decoder": {"dropout": -0.1}}), "model.decoder.dropout", "[0, 1)", "-0.1"),
-    (with_(training={"learning_rate": 0}), "training.learning_rate", "(0, inf]", "0"),
-    (with_(training={"scheduler": {"factor": 1}}), "training.scheduler.factor", "(0, 1)",
-     "1.0"),
-    (with_(training={"learning_rate": float("nan")}), "training.learning_rate", "(0, inf]",
-     "nan"),
-    (with_(model={"init_range": 0}), "model.init_range", "(0, inf]", "0"),
-], ids=["negative-size", "zero-size", "dropout-1", "dropout-negative", "lr-0", "factor-1",
-        "lr-nan", "init-range-0"])
+    (with_(model={"encoder": {"hidden_size": -3}}), "model.encoder.hidden_size",
+     "a value in [1, 65536]", "-3"),
+    (with_(model={"encoder": {"hidden_size": 1_000_000_000}}), "model.encoder.hidden_size",
+     "a value in [1, 65536]", "1000000000"),
+    (with_(model={"embedding_dim": 0}), "model.embedding_dim", "a value in [1, 65536]", "0"),
+    (with_(model={"decoder": {"dropout": 1.0}}), "model.decoder.dropout",
+     "a finite value in [0, 1)", "1.0"),
+    (with_(model={"decoder": {"dropout": -0.1}}), "model.decoder.dropout",
+     "a finite value in [0, 1)", "-0.1"),
+    (with_(training={"learning_rate": 0}), "training.learning_rate",
+     "a finite value in (0, inf)", "0"),
+    (with_(training={"learning_rate": float("inf")}), "training.learning_rate",
+     "a finite value in (0, inf)", "inf"),
+    (with_(evaluation={"length_penalty": float("-inf")}), "evaluation.length_penalty",
+     "a finite value in [0, inf)", "-inf"),
+    (with_(training={"scheduler": {"factor": 1}}), "training.scheduler.factor",
+     "a finite value in (0, 1)", "1.0"),
+    (with_(training={"learning_rate": float("nan")}), "training.learning_rate",
+     "a finite value in (0, inf)", "nan"),
+    (with_(model={"init_range": 0}), "model.init_range", "a finite value in (0, inf)", "0"),
+    (with_(training={"seed": 2**64}), "training.seed", "a value in [0, 4294967295]",
+     str(2**64)),
+    (with_(training={"seed": -1}), "training.seed", "a value in [0, 4294967295]", "-1"),
+    (with_(training={"num_threads": 10**9}), "training.num_threads", "a value in [0, 1024]",
+     "1000000000"),
+    (with_(data={"tokenizer": {"vocab_size": 10**9}}), "data.tokenizer.vocab_size",
+     "a value in [8, 1000000]", "1000000000"),
+], ids=["negative-size", "huge-size", "zero-size", "dropout-1", "dropout-negative", "lr-0",
+        "lr-inf", "penalty-minus-inf", "factor-1", "lr-nan", "init-range-0",
+        "seed-too-big", "seed-negative", "threads", "vocab"])
 def test_out_of_range(raw, path, interval, value):
     message = config_error(raw)
     assert f"config key '{path}'" in message
-    assert f"expected a value in {interval}" in message
+    assert f"expected {interval}" in message
     assert f"got {value}" in message
+
+
+def test_infinity_in_yaml_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {corpus: toy}\ntraining: {learning_rate: .inf}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: config key 'training.learning_rate': expected a finite "
+                               f"value in (0, inf), got inf")
 
 
 def test_range_edges_that_are_allowed():
@@ -230,7 +256,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_config_path_that_is_a_directory(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
         load_config(tmp_path)
 
 
@@ -315,7 +341,7 @@ def test_non_numeric_string_for_float_still_fails():
     with pytest.raises(ConfigError, match=r"'training.learning_rate': expected a number, "
                                           r"got 'fast' \(str\)"):
         load_config(TOY, ["training.learning_rate=fast"])
-    with pytest.raises(ConfigError, match="'training.learning_rate': expected a value in"):
+    with pytest.raises(ConfigError, match="'training.learning_rate': expected a finite value in"):
         load_config(TOY, ["training.learning_rate=-1e-3"])
 
 

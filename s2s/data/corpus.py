@@ -18,7 +18,7 @@ from http.client import HTTPException
 from dataclasses import dataclass
 from pathlib import Path
 
-from s2s.errors import DataError
+from s2s.errors import DataError, file_problem
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class ParallelText:
 def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
     """All lines of a UTF-8 text file (``.gz`` decompressed), stripped of surrounding space."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file '{path}' does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"data file '{path}' {problem}")
     opener = gzip.open if path.suffix == ".gz" else open
     lines = []
     try:
@@ -111,8 +112,9 @@ def _sha256(path: Path) -> str:
 def _copy_from_mirror(name: str, mirror: str, target: Path) -> None:
     if "://" not in mirror:
         source = Path(mirror) / name
-        if not source.is_file():
-            raise DataError(f"{MIRROR_ENV}={mirror}: '{source}' does not exist")
+        problem = file_problem(source)
+        if problem:
+            raise DataError(f"{MIRROR_ENV}={mirror}: '{source}' {problem}")
         try:
             shutil.copyfile(source, target)
         except OSError as err:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from s2s.config import DataConfig
+from s2s.config import DataConfig, TokenizerConfig
 from s2s.data.corpus import (FilterCounts, ParallelText, filter_pairs, find_side,
                              multi30k_prefix, read_parallel)
 from s2s.data.tokenizer import Tokenizer
@@ -99,6 +99,16 @@ def _cached_fingerprint(meta: Path) -> Optional[str]:
         return json.loads(meta.read_text(encoding="utf-8")).get("fingerprint")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def configured_vocab(tok: TokenizerConfig) -> Optional[tuple[int, int]]:
+    """The largest (source, target) vocabulary sizes ``tok`` can give (SentencePiece may give
+    fewer), or None when a given ``.model`` file decides them."""
+    if tok.model:
+        return None
+    if tok.joint:
+        return tok.vocab_size, tok.vocab_size
+    return tok.src_vocab_size or tok.vocab_size, tok.tgt_vocab_size or tok.vocab_size
 
 
 def _train_tokenizer(sentences: list[str], vocab_size: int, cfg: DataConfig) -> Tokenizer:

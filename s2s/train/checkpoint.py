@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from s2s.errors import CheckpointError
+from s2s.errors import CheckpointError, file_problem
 
 FORMAT = "s2s-checkpoint"
 FORMAT_VERSION = 1
@@ -59,8 +59,9 @@ def _unpickler_reason(err: Exception) -> str:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; any problem is one :class:`CheckpointError` line."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise CheckpointError(f"checkpoint '{path}' {problem}")
     try:
         with warnings.catch_warnings():  # torch warns about old pickle protocols on stderr
             warnings.simplefilter("ignore")

@@ -9,9 +9,11 @@ chosen metric improved and ``last.pt`` always.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -24,11 +26,13 @@ import torch
 from torch import nn
 
 from s2s.backend import resolve_device, select_backend
-from s2s.config import Config, config_from_dict, save_config
+from s2s.config import Config, TrainingConfig, config_from_dict, save_config
 from s2s.data.batching import Batch, TokenBatchSampler, collate, sentence_batches
-from s2s.data.splits import Dataset, EncodedSplit, Tokenizers, load_dataset
+from s2s.data.splits import Dataset, EncodedSplit, Tokenizers, configured_vocab, load_dataset
 from s2s.data.tokenizer import SPECIAL
 from s2s.errors import CheckpointError, S2SError
+from s2s.footprint import (check_memory, check_weights, model_shapes, parameter_count,
+                           training_bytes)
 from s2s.metrics import bleu, exact_match, perplexity
 from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
 from s2s.search.runner import translate_ids
@@ -138,6 +142,15 @@ def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
     return None if a == b else f"{path} (checkpoint: {a!r}, now: {b!r})"
 
 
+def _record_step(line: str) -> float:
+    """The step of one metrics.jsonl line; a torn last line (a kill mid-write) counts as past
+    every step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class Trainer:
     """Owns the model, optimizer, scheduler and data order of one training run.
 
@@ -161,12 +174,16 @@ class Trainer:
             torch.set_num_threads(self.cfg.num_threads)
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
+        configured = configured_vocab(config.data.tokenizer)
+        if configured and not checkpoint:  # before the data: the tokenizers' sizes at most
+            self._check_footprint(None, configured)
         tokenizers = (Tokenizers.from_checkpoint(checkpoint["tokenizers"])
                       if checkpoint else None)
         self.data: Dataset = load_dataset(config.data, self.output_dir / "tokenizer",
                                           tokenizers, ("train", "valid"))
         self.train_split = self.data.splits["train"]
         self.valid_split = self.data.splits.get("valid")
+        self._check_footprint(checkpoint)
         model = build_model(config.model, len(self.data.tokenizers.src),
                             len(self.data.tokenizers.tgt), SPECIAL, config.data.max_length + 1)
         self.model: Seq2Seq = self.backend.prepare_training(model.to(self.device))
@@ -195,19 +212,37 @@ class Trainer:
         if resume == "auto" and not path.exists():
             raise CheckpointError(f"--resume auto: no last.pt in '{self.output_dir}' to resume")
         checkpoint = load_checkpoint(path)
+        self._resume_source = str(path)
         missing = sorted(RESUME_KEYS - set(checkpoint))
         if missing:
             raise CheckpointError(f"{path}: cannot resume from it, it lacks "
                                   f"{', '.join(missing)}")
         saved = config_from_dict(checkpoint["config"], f"{path} config").to_dict()
         now = self.config.to_dict()
-        for section in ("data", "model", "training.optimizer", "training.scheduler.type"):
+        for section in ("data", "model", "training.optimizer", "training.scheduler.type",
+                        "training.early_stopping.metric"):
             diff = _first_difference(_lookup(saved, section), _lookup(now, section), section)
             if diff:
                 raise CheckpointError(f"{path}: the config disagrees with the checkpoint at "
                                       f"{diff}; a resumed run must keep the data, the model, "
-                                      f"the optimizer and the scheduler type")
+                                      f"the optimizer, the scheduler type and the early "
+                                      f"stopping metric")
         return checkpoint
+
+    def _check_footprint(self, checkpoint: Optional[dict[str, Any]],
+                         vocab: Optional[tuple[int, int]] = None) -> None:
+        """Refuse a model the machine cannot train, and weights to resume that do not fit the
+        model, before anything is allocated; ``vocab``: (source, target) sizes, by default
+        the tokenizers'."""
+        src_vocab, tgt_vocab = vocab or (len(self.data.tokenizers.src),
+                                         len(self.data.tokenizers.tgt))
+        shapes = model_shapes(self.config.model, src_vocab, tgt_vocab,
+                              self.config.data.max_length + 1)
+        parameters = parameter_count(shapes)
+        check_memory(training_bytes(self.config, parameters, tgt_vocab), parameters,
+                     self.device, "training")
+        if checkpoint is not None:
+            check_weights(checkpoint["model"], shapes, self._resume_source)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
@@ -234,10 +269,72 @@ class Trainer:
         if self.scheduler is not None and checkpoint.get("scheduler"):
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.sampler.load_state_dict(checkpoint["sampler"])
-        self.state = TrainState(**checkpoint["trainer"])
+        self.state = self._trainer_state(checkpoint["trainer"])
         self.state.finished = False  # a resumed run goes on until its (possibly new) budget
         set_rng_state(checkpoint["rng"])
+        self._apply_changed_settings(config_from_dict(checkpoint["config"]).training)
+        self._truncate_metrics()
         log.info("resumed from step %d (epoch %d)", self.state.step, self.state.epoch + 1)
+
+    def _trainer_state(self, saved: Any) -> TrainState:
+        known = {f.name for f in dataclasses.fields(TrainState)}
+        unknown = sorted(set(saved) - known) if isinstance(saved, dict) else ["(not a mapping)"]
+        if unknown:
+            raise CheckpointError(f"{self._resume_source}: its trainer state has fields this s2s "
+                                  f"does not know ({', '.join(map(str, unknown))}); it was "
+                                  f"written by a newer s2s: resume it with that version")
+        return TrainState(**saved)
+
+    def _apply_changed_settings(self, saved: TrainingConfig) -> None:
+        """Settings the restored optimizer and scheduler state would hide: a value changed
+        since the checkpoint (``--set`` on a resume) is applied and logged; the seed cannot be
+        (the data order and random state continue), and saying so is all a resume can do."""
+        now = self.cfg
+        changed = []
+        group_keys = {"learning_rate": "lr", "betas": "betas", "weight_decay": "weight_decay"}
+        for key, group_key in group_keys.items():
+            if getattr(now, key) != getattr(saved, key):
+                changed.append(key)
+                value = tuple(now.betas) if key == "betas" else getattr(now, key)
+                for group in self.optimizer.param_groups:
+                    group[group_key] = value
+                    if key == "learning_rate" and "initial_lr" in group:
+                        group["initial_lr"] = value
+        if "learning_rate" in changed and isinstance(self.scheduler,
+                                                     torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.base_lrs = [now.learning_rate] * len(self.optimizer.param_groups)
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = now.learning_rate * factor
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            for key in ("factor", "patience", "min_lr"):
+                if getattr(now.scheduler, key) != getattr(saved.scheduler, key):
+                    changed.append(f"scheduler.{key}")
+            self.scheduler.factor, self.scheduler.patience = now.scheduler.factor, \
+                now.scheduler.patience
+            self.scheduler.min_lrs = [now.scheduler.min_lr] * len(self.optimizer.param_groups)
+        for key in changed:
+            log.info("resume: training.%s is now %s (was %s): applied", key,
+                     _lookup(dataclasses.asdict(now), key), _lookup(dataclasses.asdict(saved), key))
+        if now.seed != saved.seed:
+            log.info("resume: training.seed is now %d (was %d): not applied, the data order and "
+                     "random state continue from the checkpoint", now.seed, saved.seed)
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics.jsonl records past the resumed step (written after the checkpoint by a
+        run that was then killed, or by one resumed from an earlier checkpoint), so that the
+        file describes one run."""
+        path = self.output_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _record_step(line) <= self.state.step]
+        if len(kept) < len(lines):
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text("".join(kept), encoding="utf-8")
+            os.replace(temporary, path)
+            log.info("resume: dropped %d metrics.jsonl records past step %d",
+                     len(lines) - len(kept), self.state.step)
 
     # ---------------------------------------------------------------------------- batches
     def _batches(self) -> Iterator[list[int]]:
