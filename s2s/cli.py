@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from s2s.data.corpus import MULTI30K_TEST_SETS
-from s2s.errors import S2SError
+from s2s.errors import S2SError, output_problem, writing
 
 if TYPE_CHECKING:
     from s2s.inference import Translator
@@ -65,7 +65,7 @@ def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[.
             return main(argv)
         except S2SError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return err.exit_code
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
@@ -147,6 +147,8 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     from s2s.data.corpus import read_lines
     from s2s.metrics import bleu, bleu_lc_tok, chrf, exact_match
 
+    if args.output and output_problem(args.output):  # before the decoding, not after it
+        raise S2SError(f"--output '{args.output}' {output_problem(args.output)}")
     if args.hyp:
         if not args.ref:
             raise S2SError("--hyp needs --ref: the references to score against")
@@ -157,7 +159,8 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
             raise S2SError("give --checkpoint (to translate) or --hyp and --ref (to score a file)")
         hyps, refs, speed, lang = _translate_for_evaluation(args)
         if args.output:
-            Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+            with writing(args.output):
+                Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     if len(hyps) != len(refs):
         raise S2SError(f"{len(hyps)} hypotheses but {len(refs)} references; they must align")
     scores = [bleu(hyps, refs), bleu_lc_tok(hyps, refs, lang), chrf(hyps, refs)]
@@ -241,6 +244,8 @@ def average_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from s2s.train.checkpoint import average_checkpoints, save_checkpoint
 
+    if output_problem(args.output):
+        raise S2SError(f"--output '{args.output}' {output_problem(args.output)}")
     save_checkpoint(average_checkpoints(args.checkpoints), args.output)
     print(f"averaged {len(args.checkpoints)} checkpoints into {args.output}")
     return 0

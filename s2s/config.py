@@ -85,6 +85,9 @@ class DataConfig:
     test: Optional[str] = None
     root: str = "data"
     max_length: int = _num(100, 1, MAX_LENGTH)
+    max_eval_length: int = _num(250, 1, MAX_LENGTH,
+                                doc="held-out pairs longer than this (subwords) are cut to it "
+                                    "for the loss and decoding, and counted in the log")
     batch_tokens: int = _num(2000, 1, MAX_TOKENS)
     valid_batch_size: int = _num(64, 1, MAX_TOKENS)
     toy_train_size: int = _num(20000, 10, MAX_TOKENS)

@@ -7,13 +7,19 @@ entry points catch it, print ``error: <message>`` and exit with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import stat
+from typing import Iterator
 
 
 class S2SError(Exception):
-    """Base class for errors caused by user input; ``str(err)`` is one readable line."""
+    """Base class for errors caused by user input; ``str(err)`` is one readable line and
+    ``exit_code`` the status the commands exit with."""
+
+    exit_code = 2
 
 
 class ConfigError(S2SError):
@@ -26,6 +32,44 @@ class DataError(S2SError):
 
 class CheckpointError(S2SError):
     """A checkpoint file is missing, truncated, foreign or from an incompatible version."""
+
+
+class StorageError(S2SError):
+    """The file system refused a write (disk full, no permission, a directory in the way):
+    exit status 1, and the message names the path (and, for a full disk, the space)."""
+
+    exit_code = 1
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:,.1f} MB"
+
+
+def storage_error(path: "str | os.PathLike[str]", err: BaseException,
+                  needed: int = 0) -> StorageError:
+    """The one line for a failed write of ``path``; ``needed``: the bytes it was writing."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    full = (getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or "No space left" in text or "file write failed" in text)
+    if full:
+        existing = os.path.dirname(os.path.abspath(os.fspath(path)))
+        while existing and not os.path.isdir(existing):
+            existing = os.path.dirname(existing)
+        free = shutil.disk_usage(existing).free if existing else 0
+        wanted = f", about {_megabytes(needed)} needed" if needed else ""
+        return StorageError(f"cannot write '{path}': the disk is full ({_megabytes(free)} free"
+                            f"{wanted})")
+    reason = getattr(err, "strerror", None) or text
+    return StorageError(f"cannot write '{path}': {reason}")
+
+
+@contextlib.contextmanager
+def writing(path: "str | os.PathLike[str]", needed: int = 0) -> Iterator[None]:
+    """Turn a failed write of ``path`` into its :class:`StorageError` line."""
+    try:
+        yield
+    except OSError as err:
+        raise storage_error(path, err, needed) from None
 
 
 def file_problem(path: "str | os.PathLike[str]") -> str:
@@ -51,3 +95,16 @@ def file_problem(path: "str | os.PathLike[str]") -> str:
     if not os.access(path, os.R_OK):
         return "is not readable (permission denied)"
     return ""
+
+
+def output_problem(path: "str | os.PathLike[str]") -> str:
+    """Why ``path`` cannot be written as a file, as the end of a sentence, or "" when it can
+    (checked before the work whose result goes there)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "is a directory, not a file"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"cannot be written: its directory '{os.path.dirname(path) or '.'}' does not exist"
+    writable = os.access(path, os.W_OK) if os.path.exists(path) else os.access(parent, os.W_OK)
+    return "" if writable else "cannot be written (permission denied)"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from s2s.config import MAX_YAML_NODES, config_from_dict, load_config, short_repr
-from s2s.errors import CheckpointError, ConfigError, file_problem
+from s2s.errors import CheckpointError, ConfigError, S2SError, StorageError, file_problem
 from s2s.footprint import check_memory, model_shapes, parameter_count, training_bytes
 from s2s.train.checkpoint import load_checkpoint, save_checkpoint
 from s2s.train.trainer import Trainer
@@ -260,3 +260,159 @@ def test_resume_drops_metrics_records_past_the_checkpoint(small_run, tmp_path):
     Trainer(small_config(run_dir, "training.max_steps=6"), resume="auto")
     assert metrics.read_text(encoding="utf-8") == before
     assert "dropped 2 metrics.jsonl records" in (run_dir / "train.log").read_text("utf-8")
+
+
+# -------------------------------------------------------------------------- disk and paths
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+
+    def fills_the_disk(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(StorageError) as info:
+        save_checkpoint({"model": {"w": torch.zeros(1000, 1000)}}, path)
+    message = one_line(info)
+    assert message.startswith(f"cannot write '{path}': the disk is full (")
+    assert "MB free, about 3.8 MB needed)" in message
+    assert info.value.exit_code == 1
+    assert path.read_bytes() == before
+    assert not (tmp_path / "last.pt.tmp").exists()
+
+
+def test_a_full_disk_while_logging_names_the_log_file(tmp_path, monkeypatch):
+    import errno
+    import logging
+
+    from s2s.train.trainer import setup_logging
+    setup_logging(tmp_path)
+    handler = [h for h in logging.getLogger("s2s").handlers if hasattr(h, "baseFilename")][0]
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(handler.stream, "write", full)
+    with pytest.raises(StorageError) as info:
+        logging.getLogger("s2s").info("a line")
+    assert one_line(info).startswith(f"cannot write '{tmp_path / 'train.log'}': the disk is full")
+    logging.getLogger("s2s").handlers.clear()
+
+
+def test_a_write_the_file_system_refuses_exits_1_naming_the_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    result = run("train.py", "--config", TOY, f"--set=training.output_dir={blocker / 'run'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: cannot write '{blocker / 'run' / 'train.log'}': " \
+                                    f"Not a directory"
+
+
+def test_orphaned_temporary_files_are_removed_at_the_next_start(small_run, tmp_path):
+    run_dir = copy_run(small_run, tmp_path)
+    (run_dir / "last.pt.tmp").write_bytes(b"torn")
+    (run_dir / "step_5.pt.tmp").write_bytes(b"torn")
+    Trainer(small_config(run_dir, "training.max_steps=6"), resume="auto")
+    assert not list(run_dir.glob("*.tmp"))
+    assert "removed" in (run_dir / "train.log").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("output_dir, says", [("", "empty"), (".", "the current directory"),
+                                              ("/", "the root directory")],
+                         ids=["empty", "dot", "root"])
+def test_an_output_dir_that_is_not_a_run_directory_is_refused(tmp_path, output_dir, says):
+    result = run("train.py", "--config", TOY, f"--set=training.output_dir={output_dir}",
+                 "--overwrite")
+    assert_user_error(result, "training.output_dir", says)
+
+
+def test_overwrite_deletes_nothing_in_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"someone else's")
+    with pytest.raises(S2SError) as info:
+        Trainer(small_config(tmp_path, "training.max_steps=1"), overwrite=True)
+    assert "does not look like an s2s run" in one_line(info)
+    assert (tmp_path / "last.pt").read_bytes() == b"someone else's"
+
+
+def test_overwrite_deletes_only_the_files_the_toolkit_writes(small_run, tmp_path):
+    run_dir = copy_run(small_run, tmp_path)
+    keep = [run_dir / "step_final.pt", run_dir / "notes.txt"]
+    for path in keep:
+        path.write_text("mine", encoding="utf-8")
+    Trainer(small_config(run_dir, "training.max_steps=1"), overwrite=True).train()
+    assert all(path.read_text(encoding="utf-8") == "mine" for path in keep)
+
+
+@pytest.mark.parametrize("kind", ["directory", "missing-parent"])
+def test_evaluate_checks_its_output_before_any_work(tmp_path, kind):
+    output = tmp_path if kind == "directory" else tmp_path / "nowhere" / "hyps.txt"
+    result = run("evaluate.py", "--checkpoint", tmp_path / "not-yet-loaded.pt", "--output",
+                 output)
+    assert_user_error(result, f"--output '{output}'",
+                      "is a directory" if kind == "directory" else "does not exist")
+
+
+@pytest.mark.parametrize("make", ["directory", "loop"])
+def test_a_data_file_that_is_a_directory_or_a_loop_says_so(tmp_path, make):
+    prefix = tmp_path / "train"
+    for lang in ("src", "tgt"):
+        (tmp_path / f"valid.{lang}").write_text("a b\n", encoding="utf-8")
+    if make == "directory":
+        (tmp_path / "train.src").mkdir()
+    else:
+        os.symlink(tmp_path / "train.src", tmp_path / "train.src")
+    (tmp_path / "train.tgt").write_text("a b\n", encoding="utf-8")
+    result = run("train.py", "--config", TOY, "--set=data.corpus=files",
+                 f"--set=data.train={prefix}", f"--set=data.valid={tmp_path / 'valid'}",
+                 f"--set=training.output_dir={tmp_path / 'run'}")
+    assert_user_error(result, str(tmp_path / "train.src"),
+                      "is a directory" if make == "directory" else "symbolic link loop")
+
+
+# ----------------------------------------------------------------------------- data values
+def write_pairs(prefix: Path, pairs) -> Path:
+    for side, lang in ((0, "src"), (1, "tgt")):
+        Path(f"{prefix}.{lang}").write_text("".join(p[side] + "\n" for p in pairs), "utf-8")
+    return prefix
+
+
+def test_training_files_of_blank_lines_say_all_pairs_were_filtered_out(tmp_path):
+    train = write_pairs(tmp_path / "train", [("", "")] * 5 + [("a b", "")])
+    valid = write_pairs(tmp_path / "valid", [("a b", "b a")])
+    result = run("train.py", "--config", TOY, "--set=data.corpus=files",
+                 f"--set=data.train={train}", f"--set=data.valid={valid}",
+                 f"--set=training.output_dir={tmp_path / 'run'}")
+    assert_user_error(result, f"train split ({train}.src, {train}.tgt): all 6 pairs were "
+                              f"filtered out (kept 0 pairs, dropped 6 with an empty side")
+
+
+def test_a_huge_validation_pair_is_cut_counted_and_scored_whole(tmp_path):
+    words = "a b c d e f g h".split()
+    pairs = [(" ".join(words[:n]), " ".join(reversed(words[:n]))) for n in range(2, 9)] * 30
+    train = write_pairs(tmp_path / "train", pairs)
+    long_src = " ".join(words * 1250)  # 10,000 words
+    valid = write_pairs(tmp_path / "valid", pairs[:5] + [(long_src, long_src)])
+    config = small_config(tmp_path / "run", "data.corpus=files", f"data.train={train}",
+                          f"data.valid={valid}", "training.max_steps=2",
+                          "data.tokenizer.vocab_size=16", "data.max_eval_length=40")
+    trainer = Trainer(config)
+    split = trainer.valid_split
+    assert len(split) == 6 and max(len(s) for s in split.src_ids) <= 40
+    assert split.references[-1] == long_src  # scored against the whole reference
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert "1 longer than data.max_eval_length cut to 40 subwords" in log
+    scores = trainer.validate()
+    assert scores["val_loss"] > 0 and scores["bleu"] >= 0
+
+
+def test_held_out_loss_batches_stay_within_the_token_budget():
+    from s2s.data.batching import sentence_batches
+    lengths = [3] * 10 + [400] + [5] * 10
+    batches = sentence_batches(lengths, batch_size=8, max_tokens=60)
+    assert sorted(i for b in batches for i in b) == list(range(21))
+    assert all(len(b) * max(lengths[i] for i in b) <= 60 or len(b) == 1 for b in batches)
+    assert [10] in batches  # the long one alone
+    assert all(len(b) <= 8 for b in batches)

@@ -134,8 +134,22 @@ class TokenBatchSampler:
         self._batches = None
 
 
-def sentence_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped ``batch_size`` at a time in length order (for decoding; callers restore
-    the original order through :attr:`Batch.indices`)."""
+def sentence_batches(lengths: Sequence[int], batch_size: int,
+                     max_tokens: int = 0) -> list[list[int]]:
+    """Indices grouped ``batch_size`` at a time in length order (for decoding and held-out
+    losses; callers restore the original order through :attr:`Batch.indices`); with
+    ``max_tokens``, a batch also stops before ``sentences × longest`` would pass it (a long
+    sentence then gets a batch of its own)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        full = len(current) >= batch_size or (
+            max_tokens and (len(current) + 1) * lengths[index] > max_tokens)
+        if current and full:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches

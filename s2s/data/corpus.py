@@ -187,10 +187,17 @@ class FilterCounts:
     kept: int = 0
     empty: int = 0
     too_long: int = 0
+    cut: int = 0       # held-out pairs kept but cut to max_eval_length
+    cut_to: int = 0
 
     def describe(self) -> str:
-        return (f"kept {self.kept} pairs, dropped {self.empty} with an empty side and "
+        text = (f"kept {self.kept} pairs, dropped {self.empty} with an empty side and "
                 f"{self.too_long} longer than max_length")
+        if self.cut:
+            text += (f"; {self.cut} longer than data.max_eval_length cut to {self.cut_to} "
+                     f"subwords a side for the loss and decoding (scored against the whole "
+                     f"reference)")
+        return text
 
 
 def filter_pairs(src_ids: list[list[int]], tgt_ids: list[list[int]],

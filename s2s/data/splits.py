@@ -18,7 +18,7 @@ from s2s.data.corpus import (FilterCounts, ParallelText, filter_pairs, find_side
                              multi30k_prefix, read_parallel)
 from s2s.data.tokenizer import Tokenizer
 from s2s.data.toy import toy_splits
-from s2s.errors import DataError
+from s2s.errors import DataError, writing
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,11 @@ def build_tokenizers(cfg: DataConfig, train: ParallelText,
                 loaded = [Tokenizer(f.read_bytes()) for f in files]
                 log.info("reusing the SentencePiece model(s) cached in %s", cache_dir)
                 return Tokenizers(loaded[0], loaded[-1])
+    empty = sum(1 for src, tgt in zip(train.src, train.tgt) if not (src and tgt))
+    if empty == len(train):  # SentencePiece would fail on no text with its own message
+        raise DataError(f"train split ({train.src_path}, {train.tgt_path}): all {len(train)} "
+                        f"pairs were filtered out ({FilterCounts(empty=empty).describe()}); "
+                        f"check the files")
     log.info("training SentencePiece (%s) on %d pairs", "joint" if cfg.tokenizer.joint else
              "separate", len(train))
     tok = cfg.tokenizer
@@ -147,19 +152,28 @@ def build_tokenizers(cfg: DataConfig, train: ParallelText,
             _train_tokenizer(train.src, tok.src_vocab_size or tok.vocab_size, cfg),
             _train_tokenizer(train.tgt, tok.tgt_vocab_size or tok.vocab_size, cfg))
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        models = [tokenizers.src] if tok.joint else [tokenizers.src, tokenizers.tgt]
-        for name, model in zip(names, models):
-            (cache_dir / f"spm_{name}.model").write_bytes(model.model_bytes)
-        (cache_dir / "tokenizer.json").write_text(json.dumps({"fingerprint": fingerprint}))
+        with writing(cache_dir):
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            models = [tokenizers.src] if tok.joint else [tokenizers.src, tokenizers.tgt]
+            for name, model in zip(names, models):
+                (cache_dir / f"spm_{name}.model").write_bytes(model.model_bytes)
+            (cache_dir / "tokenizer.json").write_text(json.dumps({"fingerprint": fingerprint}))
     return tokenizers
 
 
 def encode_split(text: ParallelText, tokenizers: Tokenizers, max_length: int,
-                 name: str) -> tuple[EncodedSplit, FilterCounts]:
+                 name: str, cut_to: int = 0) -> tuple[EncodedSplit, FilterCounts]:
+    """Encode ``text``, dropping pairs with an empty side or over ``max_length`` subwords and
+    cutting longer ones to ``cut_to`` subwords a side (held-out sets: kept, but bounded)."""
     src_ids = tokenizers.src.encode_batch(text.src)
     tgt_ids = tokenizers.tgt.encode_batch(text.tgt)
     kept, counts = filter_pairs(src_ids, tgt_ids, max_length)
+    if cut_to:
+        counts.cut_to = cut_to
+        for i in kept:
+            if len(src_ids[i]) > cut_to or len(tgt_ids[i]) > cut_to:
+                src_ids[i], tgt_ids[i] = src_ids[i][:cut_to], tgt_ids[i][:cut_to]
+                counts.cut += 1
     if not kept:
         raise DataError(f"{name} split ({text.src_path}, {text.tgt_path}): all {len(text)} pairs "
                         f"were filtered out ({counts.describe()}); check the files or raise "
@@ -180,7 +194,9 @@ def load_dataset(cfg: DataConfig, cache_dir: Optional[Path],
     """Read, tokenize and filter the requested splits.
 
     Training pairs over ``max_length`` are dropped; held-out pairs are kept whatever their
-    length (a score must cover the whole set), only empty ones are dropped.
+    length (a score must cover the whole set), only empty ones are dropped, and those over
+    ``max_eval_length`` are cut to it for the loss and decoding (counted in the log; their
+    references stay whole).
     """
     raw = {name: read_split(cfg, name) for name in splits}
     if tokenizers is None:
@@ -192,7 +208,9 @@ def load_dataset(cfg: DataConfig, cache_dir: Optional[Path],
         text = raw[name]
         if text is None:
             continue
-        limit = cfg.max_length if name == "train" else 10**9
-        encoded[name], counts = encode_split(text, tokenizers, limit, name)
+        held_out = name != "train"
+        encoded[name], counts = encode_split(text, tokenizers,
+                                             cfg.max_length if not held_out else 10**9, name,
+                                             cfg.max_eval_length if held_out else 0)
         log.info("%s: %s", name, counts.describe())
     return Dataset(tokenizers, encoded)

@@ -13,6 +13,7 @@ moment leaves either the old or the new file, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import warnings
@@ -23,27 +24,54 @@ from typing import Any, Sequence
 
 import torch
 
-from s2s.errors import CheckpointError, file_problem
+from s2s.errors import CheckpointError, file_problem, storage_error
 
 FORMAT = "s2s-checkpoint"
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Atomically write ``state`` (plus the format tag) to ``path``."""
+    """Atomically write ``state`` (plus the format tag) to ``path``. A failed write (a full
+    disk: torch raises RuntimeError for it) removes the temporary file, leaves any previous
+    ``path`` as it was, and is one :class:`~s2s.errors.StorageError` line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise storage_error(path, err, _tensor_bytes(state)) from None
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested checkpoint value (about the file's size)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Delete the ``*.tmp`` files an interrupted checkpoint (or metrics) write left in a run
+    directory; return them."""
+    orphans = sorted(directory.glob("*.pt.tmp")) + sorted(directory.glob("metrics.jsonl.tmp"))
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
 
 
 def _unpickler_reason(err: Exception) -> str:

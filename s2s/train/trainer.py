@@ -30,13 +30,13 @@ from s2s.config import Config, TrainingConfig, config_from_dict, save_config
 from s2s.data.batching import Batch, TokenBatchSampler, collate, sentence_batches
 from s2s.data.splits import Dataset, EncodedSplit, Tokenizers, configured_vocab, load_dataset
 from s2s.data.tokenizer import SPECIAL
-from s2s.errors import CheckpointError, S2SError
+from s2s.errors import CheckpointError, ConfigError, S2SError, storage_error, writing
 from s2s.footprint import (check_memory, check_weights, model_shapes, parameter_count,
                            training_bytes)
 from s2s.metrics import bleu, exact_match, perplexity
 from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
 from s2s.search.runner import translate_ids
-from s2s.train.checkpoint import load_checkpoint, save_checkpoint
+from s2s.train.checkpoint import load_checkpoint, remove_orphans, save_checkpoint
 from s2s.train.schedule import teacher_forcing_ratio
 
 log = logging.getLogger("s2s")
@@ -96,13 +96,21 @@ def setup_logging(output_dir: Optional[Path] = None, fresh: bool = False) -> Non
             from tqdm import tqdm
             tqdm.write(self.format(record), file=sys.stderr)
 
+    class RunLogHandler(logging.FileHandler):
+        def handleError(self, record: logging.LogRecord) -> None:
+            err = sys.exc_info()[1]
+            if isinstance(err, OSError):  # a full disk: one line naming the file, not a trace
+                raise storage_error(self.baseFilename, err) from None
+            super().handleError(record)
+
     console = TqdmHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(output_dir / "train.log", mode="w" if fresh else "a",
-                                      encoding="utf-8")
+        path = output_dir / "train.log"
+        with writing(path):
+            output_dir.mkdir(parents=True, exist_ok=True)
+            handler = RunLogHandler(path, mode="w" if fresh else "a", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
 
@@ -142,6 +150,29 @@ def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
     return None if a == b else f"{path} (checkpoint: {a!r}, now: {b!r})"
 
 
+def run_directory(name: str) -> Path:
+    """``training.output_dir`` as a path; an empty value (an unset shell variable) or one that
+    is the current, home or root directory is refused: a run writes and --overwrite deletes
+    there."""
+    if not name.strip():
+        raise ConfigError("config key 'training.output_dir': empty; name the run's directory "
+                          "(e.g. runs/NAME)")
+    path = Path(name)
+    resolved = path.resolve()
+    special = {Path(resolved.anchor): "the root", Path.home().resolve(): "the home",
+               Path.cwd().resolve(): "the current"}
+    if resolved in special:
+        raise ConfigError(f"config key 'training.output_dir': '{name}' is {special[resolved]} "
+                          f"directory; name a directory of its own for the run (e.g. runs/NAME)")
+    return path
+
+
+def numbered_checkpoints(directory: Path) -> list[Path]:
+    """The ``step_N.pt`` files of a run, oldest first (other names are not the toolkit's)."""
+    found = [p for p in directory.glob("step_*.pt") if p.stem[len("step_"):].isdigit()]
+    return sorted(found, key=lambda p: int(p.stem[len("step_"):]))
+
+
 def _record_step(line: str) -> float:
     """The step of one metrics.jsonl line; a torn last line (a kill mid-write) counts as past
     every step."""
@@ -163,10 +194,12 @@ class Trainer:
                  on_update: Optional[Callable[[UpdateRecord], None]] = None) -> None:
         self.config = config
         self.cfg = config.training
-        self.output_dir = Path(self.cfg.output_dir)
+        self.output_dir = run_directory(self.cfg.output_dir)
         checkpoint = self._checkpoint_to_resume(resume, overwrite)
         self._overwrite = overwrite and checkpoint is None
         setup_logging(self.output_dir, fresh=self._overwrite)
+        for orphan in remove_orphans(self.output_dir):
+            log.info("removed %s, left by an interrupted write", orphan)
         self.device = resolve_device(device or self.cfg.device)
         self.backend = select_backend(backend or self.cfg.backend, self.device)
         self.on_update = on_update
@@ -197,16 +230,22 @@ class Trainer:
         self._plots_work = True
         if checkpoint:
             self._restore(checkpoint)
-        save_config(config, self.output_dir / "config.yaml")
+        with writing(self.output_dir / "config.yaml"):
+            save_config(config, self.output_dir / "config.yaml")
 
     # ------------------------------------------------------------------------------- setup
     def _checkpoint_to_resume(self, resume: Optional[str],
                               overwrite: bool) -> Optional[dict[str, Any]]:
         if resume is None:
-            if (self.output_dir / "last.pt").exists() and not overwrite:
+            holds_run = (self.output_dir / "last.pt").exists()
+            if holds_run and not overwrite:
                 raise S2SError(f"output directory '{self.output_dir}' already holds a run "
                                f"(last.pt); continue it with --resume auto, or pass --overwrite "
                                f"to start afresh")
+            if holds_run and not (self.output_dir / "config.yaml").is_file():
+                raise S2SError(f"output directory '{self.output_dir}' holds a last.pt but does "
+                               f"not look like an s2s run (no config.yaml); --overwrite deletes "
+                               f"nothing there: choose another training.output_dir")
             return None
         path = self.output_dir / "last.pt" if resume == "auto" else Path(resume)
         if resume == "auto" and not path.exists():
@@ -331,8 +370,9 @@ class Trainer:
         kept = [line for line in lines if _record_step(line) <= self.state.step]
         if len(kept) < len(lines):
             temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text("".join(kept), encoding="utf-8")
-            os.replace(temporary, path)
+            with writing(path):
+                temporary.write_text("".join(kept), encoding="utf-8")
+                os.replace(temporary, path)
             log.info("resume: dropped %d metrics.jsonl records past step %d",
                      len(lines) - len(kept), self.state.step)
 
@@ -396,8 +436,12 @@ class Trainer:
         split = self.valid_split
         self.model.eval()
         nll, tokens = 0.0, 0
-        for indices in sentence_batches([len(s) for s in split.src_ids],
-                                        self.config.data.valid_batch_size):
+        data = self.config.data
+        # the teacher-forced loss holds [B, T, S]-sized attention: bound a batch's tokens as
+        # training does (held-out sentences are cut to data.max_eval_length)
+        budget = max(data.batch_tokens, data.valid_batch_size * data.max_length)
+        lengths = [max(len(s), len(t)) for s, t in zip(split.src_ids, split.tgt_ids)]
+        for indices in sentence_batches(lengths, data.valid_batch_size, budget):
             out = self.model(self._collate(indices, split))
             nll += float(out.nll)
             tokens += out.tokens
@@ -440,7 +484,8 @@ class Trainer:
         scores = {**scores, "best_" + es.metric: self.state.best_score}
         if record_only:
             scores["final"] = True
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        metrics = self.output_dir / "metrics.jsonl"
+        with writing(metrics), open(metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(scores) + "\n")
         log.info("validation step %d: loss %.3f  ppl %.2f  bleu %.2f  exact %.1f%%  lr %.2e%s",
                  scores["step"], scores["val_loss"], scores["ppl"], scores["bleu"],
@@ -506,9 +551,7 @@ class Trainer:
         if keep <= 0:
             return
         self.save(f"step_{self.state.step}.pt", scores)
-        numbered = sorted(self.output_dir.glob("step_*.pt"),
-                          key=lambda p: int(p.stem.split("_")[1]))
-        for old in numbered[:-keep]:
+        for old in numbered_checkpoints(self.output_dir)[:-keep]:
             old.unlink()
 
     # ------------------------------------------------------------------------------- loop
@@ -532,7 +575,7 @@ class Trainer:
                  f"{count_parameters(self.model):,}", self.device, self.backend.name,
                  len(self.train_split), len(self.sampler))
         if self._overwrite:  # only now that config, device and data have all been checked
-            for old in [*self.output_dir.glob("step_*.pt"), *(
+            for old in [*numbered_checkpoints(self.output_dir), *(
                     self.output_dir / name for name in ("last.pt", "best.pt", "metrics.jsonl"))]:
                 old.unlink(missing_ok=True)
             self._overwrite = False
