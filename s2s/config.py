@@ -156,6 +156,7 @@ class TrainingConfig:
     seed: int = _num(42, 0, MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "plain"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_threads: int = _num(0, 0, 1024, doc="0 keeps torch's default")
     output_dir: str = "runs/default"
     optimizer: Literal["adam", "adamw"] = "adam"

@@ -37,6 +37,7 @@ from s2s.metrics import bleu, exact_match, perplexity
 from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
 from s2s.search.runner import translate_ids
 from s2s.train.checkpoint import load_checkpoint, remove_orphans, save_checkpoint
+from s2s.train.precision import Precision
 from s2s.train.schedule import teacher_forcing_ratio
 
 log = logging.getLogger("s2s")
@@ -201,7 +202,12 @@ class Trainer:
         for orphan in remove_orphans(self.output_dir):
             log.info("removed %s, left by an interrupted write", orphan)
         self.device = resolve_device(device or self.cfg.device)
+        self.precision = Precision(self.cfg.precision, self.device)
         self.backend = select_backend(backend or self.cfg.backend, self.device)
+        if self.cfg.precision != "fp32" and self.backend.name != "plain":
+            log.info("%s training runs the plain model (the CPU backend's kernels are float32)",
+                     self.cfg.precision)
+            self.backend = select_backend("plain", self.device)
         self.on_update = on_update
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
@@ -308,6 +314,7 @@ class Trainer:
         if self.scheduler is not None and checkpoint.get("scheduler"):
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.sampler.load_state_dict(checkpoint["sampler"])
+        self.precision.load_state_dict(checkpoint.get("scaler") or {})
         self.state = self._trainer_state(checkpoint["trainer"])
         self.state.finished = False  # a resumed run goes on until its (possibly new) budget
         set_rng_state(checkpoint["rng"])
@@ -403,22 +410,29 @@ class Trainer:
         teacher_forcing = teacher_forcing_ratio(self.cfg, self.state.step)
         for indices in group:
             batch = self._collate(indices, split)
-            out = self.model(batch, teacher_forcing, self.cfg.label_smoothing)
-            (out.loss / denominator).backward()
+            with self.precision.autocast():
+                out = self.model(batch, teacher_forcing, self.cfg.label_smoothing)
+            self.precision.backward(out.loss / denominator)
             loss_value = float(out.loss.detach())
             finite = finite and math.isfinite(loss_value)
             total_loss += loss_value
             total_tokens += out.tokens
+        self.precision.unscale(self.optimizer)
+        overflow = False
         if finite:  # max_norm=inf measures without clipping, to catch non-finite gradients
             norm = nn.utils.clip_grad_norm_(self.model.parameters(),
                                             self.cfg.clip_grad_norm or float("inf"))
             finite = bool(torch.isfinite(norm))
+            overflow = not finite and self.precision.scaler is not None
+        self.precision.step(self.optimizer, finite)
         if finite:
             self.state.bad_steps = 0
-            self.optimizer.step()
         if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
             self.scheduler.step()  # counts updates taken or skipped, like state.step
-        if not finite:
+        if overflow:  # the fp16 scaler's own business: it lowered the scale
+            log.info("step %d: fp16 gradients overflowed, update skipped, loss scale now %g",
+                     self.state.step + 1, self.precision.scaler.get_scale())
+        elif not finite:
             self.state.bad_steps += 1
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
                         self.state.step + 1, self.state.bad_steps)
@@ -442,7 +456,8 @@ class Trainer:
         budget = max(data.batch_tokens, data.valid_batch_size * data.max_length)
         lengths = [max(len(s), len(t)) for s, t in zip(split.src_ids, split.tgt_ids)]
         for indices in sentence_batches(lengths, data.valid_batch_size, budget):
-            out = self.model(self._collate(indices, split))
+            with self.precision.autocast():
+                out = self.model(self._collate(indices, split))
             nll += float(out.nll)
             tokens += out.tokens
         ev = self.config.evaluation
@@ -538,7 +553,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "sampler": self.sampler.state_dict(), "rng": rng_state(),
-            "trainer": self.state.to_dict(),
+            "trainer": self.state.to_dict(), "scaler": self.precision.state_dict(),
         }
 
     def save(self, name: str, scores: Optional[dict[str, Any]] = None) -> Path:
