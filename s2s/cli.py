@@ -107,7 +107,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         trainer.train()
     except TrainingStopped as stop:
-        print(str(stop), file=sys.stderr)
+        if str(stop):  # in a distributed run, rank 0 alone has something to say
+            print(str(stop), file=sys.stderr)
         return stop.exit_code
     return 0
 

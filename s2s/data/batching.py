@@ -43,7 +43,10 @@ class Batch:
         return int(self.tgt_mask.sum()) if self.tgt_mask is not None else 0
 
     def to(self, device: torch.device | str) -> "Batch":
-        move = (lambda t: t.to(device, non_blocking=True) if t is not None else None)
+        """The batch's tensors on ``device``; to a GPU from pinned memory, without waiting."""
+        pin = torch.device(device).type == "cuda"
+        move = (lambda t: (t.pin_memory() if pin else t).to(device, non_blocking=True)
+                if t is not None else None)
         return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out),
                      move(self.tgt_mask), self.indices)
 

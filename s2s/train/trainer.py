@@ -37,6 +37,7 @@ from s2s.metrics import bleu, exact_match, perplexity
 from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
 from s2s.search.runner import translate_ids
 from s2s.train.checkpoint import load_checkpoint, remove_orphans, save_checkpoint
+from s2s.train.distributed import join_world
 from s2s.train.precision import Precision
 from s2s.train.schedule import teacher_forcing_ratio
 
@@ -85,10 +86,12 @@ class TrainState:
         return dict(vars(self))
 
 
-def setup_logging(output_dir: Optional[Path] = None, fresh: bool = False) -> None:
-    """Console logging through tqdm (so bars stay intact) and a ``train.log`` file."""
+def setup_logging(output_dir: Optional[Path] = None, fresh: bool = False,
+                  quiet: bool = False) -> None:
+    """Console logging through tqdm (so bars stay intact) and a ``train.log`` file; ``quiet``
+    (the other processes of a distributed run): warnings only, no file."""
     logger = logging.getLogger("s2s")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.handlers.clear()
     logger.propagate = False
 
@@ -196,12 +199,13 @@ class Trainer:
         self.config = config
         self.cfg = config.training
         self.output_dir = run_directory(self.cfg.output_dir)
+        self.world, self.device = join_world(resolve_device(device or self.cfg.device))
+        main = self.world.is_main
         checkpoint = self._checkpoint_to_resume(resume, overwrite)
         self._overwrite = overwrite and checkpoint is None
-        setup_logging(self.output_dir, fresh=self._overwrite)
-        for orphan in remove_orphans(self.output_dir):
+        setup_logging(self.output_dir if main else None, fresh=self._overwrite, quiet=not main)
+        for orphan in remove_orphans(self.output_dir) if main else []:
             log.info("removed %s, left by an interrupted write", orphan)
-        self.device = resolve_device(device or self.cfg.device)
         self.precision = Precision(self.cfg.precision, self.device)
         self.backend = select_backend(backend or self.cfg.backend, self.device)
         if self.cfg.precision != "fp32" and self.backend.name != "plain":
@@ -218,14 +222,19 @@ class Trainer:
             self._check_footprint(None, configured)
         tokenizers = (Tokenizers.from_checkpoint(checkpoint["tokenizers"])
                       if checkpoint else None)
+        if not main:
+            self.world.decided(True)  # wait for rank 0 to train (and cache) the tokenizer
         self.data: Dataset = load_dataset(config.data, self.output_dir / "tokenizer",
                                           tokenizers, ("train", "valid"))
+        if main:
+            self.world.decided(True)
         self.train_split = self.data.splits["train"]
         self.valid_split = self.data.splits.get("valid")
         self._check_footprint(checkpoint)
         model = build_model(config.model, len(self.data.tokenizers.src),
                             len(self.data.tokenizers.tgt), SPECIAL, config.data.max_length + 1)
         self.model: Seq2Seq = self.backend.prepare_training(model.to(self.device))
+        self.trained = self.world.wrap(self.model, self.device)  # what the updates run
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.sampler = TokenBatchSampler([len(s) for s in self.train_split.src_ids],
@@ -236,8 +245,16 @@ class Trainer:
         self._plots_work = True
         if checkpoint:
             self._restore(checkpoint)
-        with writing(self.output_dir / "config.yaml"):
-            save_config(config, self.output_dir / "config.yaml")
+        if self.world.rank:  # dropout masks of their own in the other processes
+            torch.manual_seed(self.cfg.seed + 1_000_003 * self.world.rank + self.state.step)
+        if main:
+            with writing(self.output_dir / "config.yaml"):
+                save_config(config, self.output_dir / "config.yaml")
+        if self.world.active:
+            log.info("%d processes: each takes its share of every update's %d × %d batches of "
+                     "data.batch_tokens %d, so an update is %d× a single process's",
+                     self.world.size, self.world.size, self.cfg.accumulate_steps,
+                     config.data.batch_tokens, self.world.size)
 
     # ------------------------------------------------------------------------------- setup
     def _checkpoint_to_resume(self, resume: Optional[str],
@@ -319,7 +336,8 @@ class Trainer:
         self.state.finished = False  # a resumed run goes on until its (possibly new) budget
         set_rng_state(checkpoint["rng"])
         self._apply_changed_settings(config_from_dict(checkpoint["config"]).training)
-        self._truncate_metrics()
+        if self.world.is_main:
+            self._truncate_metrics()
         log.info("resumed from step %d (epoch %d)", self.state.step, self.state.epoch + 1)
 
     def _trainer_state(self, saved: Any) -> TrainState:
@@ -403,20 +421,28 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # the summed loss of the whole group is divided once, by the group's tokens (or
         # sentences), so accumulating k batches equals one k-times-larger batch
+        # (in a distributed run: the group of every process, of which this one trains its
+        # share; DistributedDataParallel averages the gradients, hence the factor world.size)
         split = self.train_split
         denominator = (sum(len(split.tgt_ids[i]) + 1 for b in group for i in b)
                        if self.cfg.normalization == "tokens" else sum(len(b) for b in group))
         total_loss, total_tokens, finite = 0.0, 0, True
         teacher_forcing = teacher_forcing_ratio(self.cfg, self.state.step)
-        for indices in group:
+        share = self.world.share(group)
+        # a process left without a batch (the last update of a run) joins the gradient
+        # all-reduce with a zero-weighted one
+        weight = float(self.world.size) if share else 0.0
+        for number, indices in enumerate(share or group[:1], start=1):
             batch = self._collate(indices, split)
-            with self.precision.autocast():
-                out = self.model(batch, teacher_forcing, self.cfg.label_smoothing)
-            self.precision.backward(out.loss / denominator)
-            loss_value = float(out.loss.detach())
+            with self.world.no_sync(self.trained, last=number == len(share or group[:1])):
+                with self.precision.autocast():
+                    out = self.trained(batch, teacher_forcing, self.cfg.label_smoothing)
+                self.precision.backward(out.loss * (weight / denominator))
+            loss_value = float(out.loss.detach()) if weight else 0.0
             finite = finite and math.isfinite(loss_value)
             total_loss += loss_value
-            total_tokens += out.tokens
+            total_tokens += out.tokens if weight else 0
+        finite = not self.world.any(not finite)[0]
         self.precision.unscale(self.optimizer)
         overflow = False
         if finite:  # max_norm=inf measures without clipping, to catch non-finite gradients
@@ -437,10 +463,10 @@ class Trainer:
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
                         self.state.step + 1, self.state.bad_steps)
             if self.state.bad_steps >= self.cfg.max_bad_steps:
-                raise TrainingStopped(f"training stopped: {self.state.bad_steps} updates in a row "
-                                      f"had a non-finite loss; the last good checkpoint is in "
-                                      f"'{self.output_dir}'. Lower training.learning_rate or "
-                                      f"check the data")
+                raise TrainingStopped(self._for_main(
+                    f"training stopped: {self.state.bad_steps} updates in a row had a "
+                    f"non-finite loss; the last good checkpoint is in '{self.output_dir}'. Lower "
+                    f"training.learning_rate or check the data"))
         return total_loss, total_tokens
 
     # -------------------------------------------------------------------------- validation
@@ -557,9 +583,15 @@ class Trainer:
         }
 
     def save(self, name: str, scores: Optional[dict[str, Any]] = None) -> Path:
+        """Write checkpoint ``name`` (rank 0 only: the other processes hold the same)."""
         path = self.output_dir / name
-        save_checkpoint(self.checkpoint_state(scores), path)
+        if self.world.is_main:
+            save_checkpoint(self.checkpoint_state(scores), path)
         return path
+
+    def _for_main(self, message: str) -> str:
+        """A message printed once, by rank 0."""
+        return message if self.world.is_main else ""
 
     def _save_numbered(self, scores: dict[str, Any]) -> None:
         keep = self.cfg.keep_checkpoints
@@ -589,7 +621,7 @@ class Trainer:
                  "pairs, %d batches per epoch", self.config.model.attention,
                  f"{count_parameters(self.model):,}", self.device, self.backend.name,
                  len(self.train_split), len(self.sampler))
-        if self._overwrite:  # only now that config, device and data have all been checked
+        if self._overwrite and self.world.is_main:  # now that config, device and data are checked
             for old in [*numbered_checkpoints(self.output_dir), *(
                     self.output_dir / name for name in ("last.pt", "best.pt", "metrics.jsonl"))]:
                 old.unlink(missing_ok=True)
@@ -601,6 +633,7 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.world.close()
 
     def _loop(self) -> dict[str, Any]:
         from tqdm import tqdm
@@ -614,8 +647,10 @@ class Trainer:
         elapsed_before = self.state.elapsed
         last_scores: dict[str, Any] = {}
         batches = self._batches()
-        while not self._done() and not self.state.finished:
-            group = [b for _, b in zip(range(self.cfg.accumulate_steps), batches)]
+        per_update = self.cfg.accumulate_steps * self.world.size
+        done = self._done()
+        while not done and not self.state.finished:
+            group = [b for _, b in zip(range(per_update), batches)]
             if not group:
                 self.state.finished = True
                 break
@@ -628,7 +663,9 @@ class Trainer:
             run_tokens += tokens
             window_loss += loss
             elapsed = time.perf_counter() - window_start
-            if self.state.step % self.cfg.log_every == 0 or self._done():
+            interrupted, done = self.world.any(self._interrupted is not None, self._done())
+            if self.state.step % self.cfg.log_every == 0 or done:
+                window_loss, window_tokens = self.world.sum(window_loss, window_tokens)
                 rate = window_tokens / max(elapsed, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{window_loss / max(window_tokens, 1):.3f}",
@@ -640,26 +677,34 @@ class Trainer:
                 window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
             bar.update(1)
             if self.state.step % self.cfg.validate_every == 0 and self.valid_split is not None:
-                last_scores = self.validate()
-                if self._after_validation(last_scores):
+                stop = False
+                if self.world.is_main:  # the others wait for its decision
+                    last_scores = self.validate()
+                    stop = self._after_validation(last_scores)
+                if self.world.decided(stop):
+                    self.state.finished = True
                     break
-            if self._interrupted:
+            if interrupted:
                 self.save("last.pt", last_scores)
                 bar.close()
-                raise TrainingStopped(
-                    f"interrupted by {self._interrupted.name} at step {self.state.step}; last.pt "
-                    f"saved "
-                    f"in '{self.output_dir}'. Continue with: python train.py --config "
-                    f"{self.output_dir / 'config.yaml'} --resume auto",
-                    exit_code=128 + self._interrupted.value)
+                cause = self._interrupted or signal.SIGTERM  # or another process's signal
+                raise TrainingStopped(self._for_main(
+                    f"interrupted by {cause.name} at step {self.state.step}; last.pt saved in "
+                    f"'{self.output_dir}'. Continue with: python train.py --config "
+                    f"{self.output_dir / 'config.yaml'} --resume auto"),
+                    exit_code=128 + cause.value)
         bar.close()
         self.state.finished = True
-        if self.valid_split is not None and self.state.validated_step != self.state.step:
-            last_scores = self.validate()
-            self._after_validation(last_scores, record_only=True)
+        closing = self.valid_split is not None and self.state.validated_step != self.state.step
+        if self.world.decided(closing):  # rank 0 validates; the others wait for it
+            if self.world.is_main:
+                last_scores = self.validate()
+                self._after_validation(last_scores, record_only=True)
+            self.world.decided(True)
         else:
             self.save("last.pt", last_scores)
         seconds = time.perf_counter() - run_start
+        run_tokens = int(self.world.sum(run_tokens)[0])
         log.info("done: %d steps, %.0f target tokens/s overall; best %s %.3f at step %d; "
                  "checkpoints in %s", self.state.step, run_tokens / max(seconds, 1e-9),
                  self.cfg.early_stopping.metric, self.state.best_score or 0.0,
