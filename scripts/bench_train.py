@@ -2,17 +2,25 @@
 """Training throughput of a config: steady-state real target tokens/s over a fixed step budget.
 
     python scripts/bench_train.py --config configs/bahdanau.yaml --steps 200 [--set KEY=VALUE]
+    python scripts/bench_train.py --config configs/bahdanau.yaml --processes 1 2
 
 The first 20% of updates are warm-up and excluded. Also reports padding efficiency (real /
 padded target positions over one epoch of batches) and peak RSS. No validation runs.
+
+``--processes 1 2 ...`` measures data-parallel training through torchrun on this machine's
+CPUs: N processes with cores / N threads each, their real target tokens/s summed, and the
+scaling against one process with all the cores (each process keeps the config's batch_tokens,
+so N processes make N× larger updates).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +32,7 @@ import torch  # noqa: E402
 from s2s.backend import resolve_device, select_backend  # noqa: E402
 from s2s.cli import add_backend_flag, positive_int, reports_errors  # noqa: E402
 from s2s.config import load_config  # noqa: E402
+from s2s.errors import S2SError  # noqa: E402
 from s2s.train.trainer import Trainer, UpdateRecord  # noqa: E402
 
 
@@ -49,10 +58,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", metavar="DIR",
                         help="train in DIR and keep its checkpoint (default: a temporary folder)")
+    parser.add_argument("--processes", type=positive_int, nargs="+", metavar="N",
+                        help="compare data-parallel runs of N processes on the CPU cores")
     add_backend_flag(parser, None, "training.backend")
     args = parser.parse_args(argv)
     if args.steps < 10:
         parser.error("--steps must be at least 10")
+    if args.processes:
+        return compare_processes(args)
     records: list[UpdateRecord] = []
     with tempfile.TemporaryDirectory() as scratch:
         out = args.keep or scratch
@@ -72,7 +85,8 @@ def main(argv=None) -> int:
     tgt_eff, src_eff = padding_efficiency(trainer)
     result = {
         "config": args.config, "overrides": args.overrides, "steps": len(records),
-        "steady_steps": len(records) - skip, "tgt_tokens_per_s": tokens / (t1 - t0),
+        "steady_steps": len(records) - skip, "steady_tokens": tokens, "seconds": t1 - t0,
+        "tgt_tokens_per_s": tokens / (t1 - t0),
         "updates_per_s": (len(records) - skip) / (t1 - t0),
         "tgt_tokens_per_update": tokens / (len(records) - skip),
         "tgt_padding_efficiency": tgt_eff, "src_padding_efficiency": src_eff,
@@ -86,6 +100,43 @@ def main(argv=None) -> int:
     else:
         for key, value in result.items():
             print(f"{key:24s} {value:.3f}" if isinstance(value, float) else f"{key:24s} {value}")
+    return 0
+
+
+def compare_processes(args: argparse.Namespace) -> int:
+    """Each N of ``--processes`` under torchrun (1: a plain run), the same steps and config;
+    print tokens/s summed over the processes and the scaling against the first N."""
+    cores = os.cpu_count() or 1
+    rows = []
+    scratch = tempfile.TemporaryDirectory()  # one run directory for all of a run's processes
+    for count in args.processes:
+        threads = max(1, cores // count)
+        command = [sys.executable, str(Path(__file__).resolve()), "--config", args.config,
+                   "--steps", str(args.steps), "--json", "--keep", f"{scratch.name}/{count}",
+                   *[f"--set={o}" for o in args.overrides],
+                   f"--set=training.num_threads={threads}",
+                   *(["--backend", args.backend] if args.backend else [])]
+        if count > 1:
+            command[:1] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={count}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise S2SError(f"{count} processes failed: {done.stderr.strip().splitlines()[-1:]}")
+        results = [json.loads(line) for line in done.stdout.splitlines()
+                   if line.startswith("{")]
+        tokens = sum(r["steady_tokens"] for r in results)
+        seconds = max(r["seconds"] for r in results)
+        rows.append({"processes": count, "threads_each": threads,
+                     "tgt_tokens_per_s": tokens / seconds})
+    for row in rows:
+        row["scaling"] = row["tgt_tokens_per_s"] / rows[0]["tgt_tokens_per_s"]
+    if args.json:
+        print(json.dumps({"config": args.config, "cores": cores, "runs": rows}))
+        return 0
+    print(f"{'processes':>9} {'threads':>7} {'tgt tok/s':>10} {'scaling':>8}   ({cores} cores)")
+    for row in rows:
+        print(f"{row['processes']:>9} {row['threads_each']:>7} {row['tgt_tokens_per_s']:>10,.0f} "
+              f"{row['scaling']:>7.2f}×")
     return 0
 
 
