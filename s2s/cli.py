@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from s2s.data.corpus import MULTI30K_TEST_SETS
-from s2s.errors import S2SError, output_problem, writing
+from s2s.errors import ConfigError, S2SError, output_problem, writing
 
 if TYPE_CHECKING:
     from s2s.inference import Translator
@@ -80,6 +80,38 @@ def reports_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[.
     return wrapper
 
 
+def add_search_flags(parser: argparse.ArgumentParser) -> None:
+    """Search settings a user tunes, over the checkpoint's ``evaluation`` section."""
+    parser.add_argument("--alpha", type=float, default=None, metavar="A",
+                        help="GNMT length penalty ((5 + |y|) / 6)^A (default: "
+                             "evaluation.length_penalty; 0 = none)")
+    parser.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                        help="longest output in subwords (default: evaluation.max_output_length)")
+    parser.add_argument("--max-ratio", type=float, default=None, metavar="R",
+                        help="longest output as a multiple of the source length (default: "
+                             "evaluation.max_output_ratio)")
+
+
+def _with_search_flags(translator: Translator, args: argparse.Namespace) -> Translator:
+    """``translator`` with the search flags given on the command line applied (checked like
+    the config keys they override)."""
+    settings = {key: value for key, value in (("length_penalty", args.alpha),
+                                              ("max_output_length", args.max_length),
+                                              ("max_output_ratio", args.max_ratio))
+                if value is not None}
+    if not settings:
+        return translator
+    try:
+        return translator.with_search(**settings)
+    except ConfigError as err:
+        flags = {"length_penalty": "--alpha", "max_output_length": "--max-length",
+                 "max_output_ratio": "--max-ratio"}
+        message = str(err)
+        for key, flag in flags.items():
+            message = message.replace(f"config key 'evaluation.{key}'", flag)
+        raise S2SError(message) from None
+
+
 @reports_errors
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Train an LSTM encoder-decoder with attention.")
@@ -137,6 +169,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="CPU only: int8 weights for linear layers and LSTMs (faster, "
                              "BLEU within about 0.1)")
     add_backend_flag(parser)
+    add_search_flags(parser)
     parser.add_argument("--output", help="write the translations here, one per line")
     parser.add_argument("--tgt-lang", metavar="LANG",
                         help="the references' language, for the Moses tokenizer of the "
@@ -153,12 +186,19 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.hyp:
         if not args.ref:
             raise S2SError("--hyp needs --ref: the references to score against")
+        given = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--src", args.src),
+                                          ("--split", args.split), ("--beam", args.beam),
+                                          ("--output", args.output)) if value]
+        if given:
+            raise S2SError(f"--hyp scores a file of translations: {', '.join(given)} would be "
+                           f"ignored; leave {'it' if len(given) == 1 else 'them'} out")
         hyps, refs = read_lines(args.hyp), read_lines(args.ref)
         speed, lang = None, args.tgt_lang or "en"
+        scored = f"{args.hyp} against {args.ref}"
     else:
         if not args.checkpoint:
             raise S2SError("give --checkpoint (to translate) or --hyp and --ref (to score a file)")
-        hyps, refs, speed, lang = _translate_for_evaluation(args)
+        hyps, refs, speed, lang, scored = _translate_for_evaluation(args)
         if args.output:
             with writing(args.output):
                 Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
@@ -166,7 +206,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
         raise S2SError(f"{len(hyps)} hypotheses but {len(refs)} references; they must align")
     scores = [bleu(hyps, refs), bleu_lc_tok(hyps, refs, lang), chrf(hyps, refs)]
     result = {"bleu": scores[0].score, "bleu_lc_tok": scores[1].score, "chrf": scores[2].score,
-              "exact_match": exact_match(hyps, refs), "sentences": len(hyps),
+              "exact_match": exact_match(hyps, refs), "sentences": len(hyps), "scored": scored,
               "signatures": {"bleu": scores[0].signature, "bleu_lc_tok": scores[1].signature,
                              "chrf": scores[2].signature}}
     if speed:
@@ -174,6 +214,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    print(f"scored       {scored}")
     print(f"BLEU         {scores[0].score:6.2f}  (sacreBLEU, cased)  {scores[0].signature}")
     print(f"BLEU lc.tok  {scores[1].score:6.2f}  (lowercased, Moses-tokenized, as Multi30k "
           f"papers report it)  {scores[1].signature}")
@@ -195,12 +236,14 @@ def _load_for_decoding(args: argparse.Namespace) -> Translator:
 
     device = decoding_device(args.device, args.int8)
     select_backend(args.backend, device).configure_process("decoding")
-    return load_translator(args.checkpoint, args.device, args.int8, args.backend)
+    return _with_search_flags(load_translator(args.checkpoint, args.device, args.int8,
+                                              args.backend), args)
 
 
 def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list[str], dict,
-                                                                   str]:
-    """Hypotheses, references, decoding speed and the target language of ``--checkpoint``."""
+                                                                   str, str]:
+    """Hypotheses, references, decoding speed, the target language of ``--checkpoint``, and
+    what was scored (the split and its files, or --src and --ref)."""
     from s2s.data.corpus import read_lines
     from s2s.data.splits import read_split
     from s2s.search.runner import decoding_workers
@@ -210,6 +253,7 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
         if not args.ref:
             raise S2SError("--src needs --ref: the references to score against")
         sources, refs = read_lines(args.src), read_lines(args.ref)
+        scored = f"{args.src} against {args.ref}"
         if len(sources) != len(refs):
             raise S2SError(f"'{args.src}' has {len(sources)} lines but '{args.ref}' has "
                            f"{len(refs)}")
@@ -220,6 +264,8 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
             raise S2SError(f"the checkpoint's config names no '{split}' split "
                            f"(data.{split}); use --src and --ref")
         sources, refs = text.src, text.tgt
+        scored = f"the {split} split" + (f": {text.src_path} against {text.tgt_path}"
+                                         if text.src_path else "")
     beam = args.beam or translator.config.evaluation.beam_size
     workers = decoding_workers(translator.config.evaluation.workers if args.workers is None
                                else args.workers, translator.device)
@@ -231,7 +277,33 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
     speed = {"seconds": seconds, "sentences_per_second": len(hyps) / seconds,
              "tokens_per_second": tokens / seconds, "beam": beam, "workers": workers,
              "device": str(translator.device) + (" int8" if args.int8 else "")}
-    return hyps, refs, speed, args.tgt_lang or translator.config.data.tgt_lang
+    return hyps, refs, speed, args.tgt_lang or translator.config.data.tgt_lang, scored
+
+
+def _score_translations(translator: Translator, args: argparse.Namespace) -> int:
+    """``--score FILE``: forced decoding of FILE's lines given the input's, one
+    ``log-probability<TAB>perplexity`` line per pair."""
+    from s2s.data.corpus import read_lines
+
+    sources = (read_lines(args.input, allow_empty=True) if args.input
+               else _stdin_lines())
+    targets = read_lines(args.score, allow_empty=True)
+    if len(sources) != len(targets):
+        raise S2SError(f"{len(sources)} input lines but '{args.score}' has {len(targets)}; "
+                       f"they must align")
+    for score in translator.score(sources, targets, args.batch_size):
+        print(f"{score.log_prob:.4f}\t{score.perplexity:.4f}")
+    return 0
+
+
+def _stdin_lines() -> list[str]:
+    lines = []
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise S2SError(f"standard input, line {number}: not valid UTF-8") from None
+    return lines
 
 
 @reports_errors
@@ -272,11 +344,20 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="CPU only: int8 weights for linear layers and LSTMs (faster, "
                              "BLEU within about 0.1)")
     add_backend_flag(parser)
+    add_search_flags(parser)
+    parser.add_argument("--score", metavar="FILE",
+                        help="instead of translating, score the translations in FILE (one per "
+                             "input line): print each one's log-probability and perplexity")
     args = parser.parse_args(argv)
 
     from s2s.data.corpus import read_lines
 
+    if args.beam and args.nbest > args.beam:
+        raise S2SError(f"--nbest {args.nbest} is larger than --beam {args.beam}: a beam keeps "
+                       f"at most its size of hypotheses")
     translator = _load_for_decoding(args)
+    if args.score:
+        return _score_translations(translator, args)
     beam = max(args.beam or translator.config.evaluation.beam_size, args.nbest)
 
     def emit(lines: list[str]) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from s2s.backend import resolve_device, select_backend
 from s2s.config import Config, config_from_dict
+from s2s.data.batching import Batch, collate, sentence_batches
 from s2s.data.splits import Tokenizers
 from s2s.data.tokenizer import SPECIAL
-from s2s.errors import CheckpointError, ConfigError, DataError
+from s2s.errors import CheckpointError, ConfigError, DataError, S2SError
 from s2s.footprint import (check_memory, check_weights, decoding_bytes, model_shapes,
                            parameter_count)
 from s2s.model.seq2seq import Seq2Seq, build_model
@@ -20,6 +23,19 @@ from s2s.search.common import Hypothesis, SearchModel
 from s2s.search.ensemble import Ensemble
 from s2s.search.runner import search
 from s2s.train.checkpoint import load_checkpoint
+
+
+@dataclass(frozen=True)
+class SentenceScore:
+    """A target's log-probability under the model (natural log, EOS included) and its length
+    in subwords (EOS included)."""
+
+    log_prob: float
+    tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.log_prob / max(self.tokens, 1))
 
 
 @dataclass
@@ -37,6 +53,52 @@ class Translator:
     def __post_init__(self) -> None:
         if self.search_model is None:
             self.search_model = self.model
+
+    @classmethod
+    def load(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
+             backend: str = "auto", int8: bool = False) -> "Translator":
+        """The translator of a checkpoint (several: an ensemble); see :func:`load_translator`."""
+        return load_translator(path, device, int8, backend)
+
+    def with_search(self, **settings: Any) -> "Translator":
+        """This translator with ``evaluation`` settings replaced (``length_penalty``,
+        ``max_output_length``, ``max_output_ratio``, ``batch_size``, ``workers``); the model is
+        shared, not copied."""
+        try:
+            evaluation = dataclasses.replace(self.config.evaluation, **settings)
+            config = config_from_dict({**self.config.to_dict(),
+                                       "evaluation": dataclasses.asdict(evaluation)})
+        except TypeError as err:
+            raise ConfigError(f"unknown search setting ({err})") from None
+        return dataclasses.replace(self, config=config)
+
+    def score(self, sources: Sequence[str], targets: Sequence[str],
+              batch_size: int | None = None) -> list[SentenceScore]:
+        """Forced decoding: for each (source, target) pair, the model's log-probability of the
+        target's subwords and EOS given the source, and the perplexity per subword."""
+        if len(sources) != len(targets):
+            raise S2SError(f"{len(sources)} sources but {len(targets)} targets; they must align")
+        src_ids = self.tokenizers.src.encode_batch([clean_input(s) for s in sources])
+        tgt_ids = self.tokenizers.tgt.encode_batch([clean_input(t) for t in targets])
+        lengths = [max(len(s), len(t)) for s, t in zip(src_ids, tgt_ids)]
+        scores: list[SentenceScore] = [SentenceScore(0.0, 0)] * len(sources)
+        self.model.eval()
+        for indices in sentence_batches(lengths, batch_size or self.config.evaluation.batch_size):
+            batch = collate([src_ids[i] for i in indices], [tgt_ids[i] for i in indices],
+                            indices).to(self.device)
+            for index, log_prob, count in zip(indices, *self._forced(batch)):
+                scores[index] = SentenceScore(log_prob, count)
+        return scores
+
+    @torch.no_grad()
+    def _forced(self, batch: Batch) -> tuple[list[float], list[int]]:
+        """Summed log-probabilities of each row's target (EOS included) and its length."""
+        memory, state = self.model.encode(batch.src, batch.src_lengths)
+        vectors, _ = self.model.decoder(batch.tgt_in, state, memory, 1.0)   # [B, T, A]
+        log_probs = torch.log_softmax(self.model.decoder.project(vectors).float(), dim=-1)
+        gold = log_probs.gather(-1, batch.tgt_out.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        gold = gold.masked_fill(~batch.tgt_mask, 0.0)
+        return gold.sum(dim=1).tolist(), batch.tgt_mask.sum(dim=1).tolist()
 
     def translate(self, sentences: Sequence[str], beam_size: int = 1,
                   batch_size: int | None = None, workers: int | None = None) -> list[str]:

@@ -1,0 +1,117 @@
+"""The Python API (`from s2s import Translator`) and the search flags of the commands."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import s2s
+from s2s.train.trainer import Trainer
+from tests.test_cli import assert_user_error
+from tests.test_training import small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("api")
+    Trainer(small_config(out, "training.max_steps=20")).train()
+    return out / "best.pt"
+
+
+def run(script: str, *args, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                          input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_import_s2s_stays_light_until_the_api_is_used():
+    code = "import sys, s2s; print('torch' in sys.modules, 's2s.inference' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_translator_load_translate_and_score(checkpoint):
+    translator = s2s.Translator.load(checkpoint, device="cpu")
+    outputs = translator.translate(["a b c", "", "d e"], beam_size=3)
+    assert len(outputs) == 3 and outputs[1] == ""
+    scores = translator.score(["a b c", "d e"], [outputs[0], "x y z w"])
+    assert all(isinstance(s, s2s.SentenceScore) for s in scores)
+    assert scores[0].tokens == len(translator.tokenizers.tgt.encode(outputs[0])) + 1  # + EOS
+    assert scores[0].log_prob < 0
+    assert scores[0].perplexity == pytest.approx(math.exp(-scores[0].log_prob / scores[0].tokens))
+
+
+def test_score_is_the_sum_of_the_model_s_step_log_probabilities(checkpoint):
+    translator = s2s.Translator.load(checkpoint, device="cpu", backend="plain")
+    source, target = "a b c d", "d c b a"
+    [score] = translator.score([source], [target])
+    model, special = translator.model, translator.model.special
+    src = torch.tensor([translator.tokenizers.src.encode(source) + [special.eos]])
+    previous, total = torch.tensor([special.bos]), 0.0
+    with torch.no_grad():
+        memory, state = model.encode(src, torch.tensor([src.shape[1]]))
+        for token in translator.tokenizers.tgt.encode(target) + [special.eos]:
+            log_probs, state, _ = model.step(previous, state, memory)
+            total += float(log_probs[0, token])
+            previous = torch.tensor([token])
+    assert score.log_prob == pytest.approx(total, abs=1e-4)
+
+
+def test_with_search_overrides_settings_and_checks_them(checkpoint):
+    translator = s2s.Translator.load(checkpoint, device="cpu")
+    short = translator.with_search(max_output_length=2)
+    assert all(len(translator.tokenizers.tgt.encode(t)) <= 2
+               for t in short.translate(["a b c d e f"]))
+    assert translator.config.evaluation.max_output_length != 2  # the original is unchanged
+    with pytest.raises(s2s.inference.ConfigError):
+        translator.with_search(length_penalty=-1.0)
+
+
+def test_translate_flags_override_the_checkpoint(checkpoint):
+    result = run("scripts/translate.py", "--checkpoint", checkpoint, "--max-length", "1",
+                 stdin="a b c d e\n")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) <= 1
+    assert_user_error(run("scripts/translate.py", "--checkpoint", checkpoint, "--alpha", "-1",
+                          stdin="a\n"), "--alpha", "expected a finite value")
+
+
+def test_nbest_larger_than_beam_is_an_error(checkpoint):
+    assert_user_error(run("scripts/translate.py", "--checkpoint", checkpoint, "--beam", "2",
+                          "--nbest", "3", stdin="a\n"), "--nbest 3 is larger than --beam 2")
+
+
+def test_translate_score_prints_log_probability_and_perplexity(checkpoint, tmp_path):
+    targets = tmp_path / "hyps.txt"
+    targets.write_text("c b a\nx\n", encoding="utf-8")
+    result = run("scripts/translate.py", "--checkpoint", checkpoint, "--score", targets,
+                 stdin="a b c\nx\n")
+    assert result.returncode == 0, result.stderr
+    translator = s2s.Translator.load(checkpoint, device="cpu")
+    expected = translator.score(["a b c", "x"], ["c b a", "x"])
+    for line, score in zip(result.stdout.splitlines(), expected):
+        log_prob, perplexity = map(float, line.split("\t"))
+        assert log_prob == pytest.approx(score.log_prob, abs=1e-3)
+        assert perplexity == pytest.approx(score.perplexity, rel=1e-3)
+    assert_user_error(run("scripts/translate.py", "--checkpoint", checkpoint, "--score",
+                          targets, stdin="a\n"), "1 input lines but", "has 2")
+
+
+def test_evaluate_refuses_options_it_would_ignore_and_names_what_it_scored(checkpoint, tmp_path):
+    hyp, ref = tmp_path / "h.txt", tmp_path / "r.txt"
+    hyp.write_text("a b\n", encoding="utf-8")
+    ref.write_text("a b\n", encoding="utf-8")
+    assert_user_error(run("evaluate.py", "--hyp", hyp, "--ref", ref, "--checkpoint", checkpoint),
+                      "--checkpoint would be ignored")
+    result = run("evaluate.py", "--hyp", hyp, "--ref", ref)
+    assert result.returncode == 0 and f"scored       {hyp} against {ref}" in result.stdout
+    result = run("evaluate.py", "--checkpoint", checkpoint, "--split", "test", "--beam", "1")
+    assert result.returncode == 0, result.stderr
+    assert "scored       the test split" in result.stdout
