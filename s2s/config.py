@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import reprlib
 import types
 import typing
@@ -515,12 +516,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load, override and validate a YAML config file."""
+    """Load, override and validate a YAML config file; an error names the file, or the
+    ``--set`` override whose key it is about."""
     raw = apply_overrides(read_yaml(path), overrides or [])
     try:
         return config_from_dict(raw, str(path))
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        override = _override_behind(str(err), overrides or [])
+        where = f"--set {clip(override)}" if override else str(path)
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _override_behind(message: str, overrides: list[str]) -> str | None:
+    """The last override that set the key ``message`` is about (or a section above it)."""
+    found = re.search(r"config keys? '([^']+)'", message)
+    if not found:
+        return None
+    key = re.sub(r"\[\d+\]", "", found.group(1))
+    for text in reversed(overrides):
+        target = text.partition("=")[0].strip()
+        if key == target or key.startswith(target + ".") or target.startswith(key + "."):
+            return text
+    return None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

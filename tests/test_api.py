@@ -115,3 +115,19 @@ def test_evaluate_refuses_options_it_would_ignore_and_names_what_it_scored(check
     result = run("evaluate.py", "--checkpoint", checkpoint, "--split", "test", "--beam", "1")
     assert result.returncode == 0, result.stderr
     assert "scored       the test split" in result.stdout
+
+
+def test_the_vocabulary_is_written_beside_the_model(checkpoint):
+    vocab = checkpoint.parent / "tokenizer" / "spm_joint.vocab"
+    lines = vocab.read_text(encoding="utf-8").splitlines()
+    translator = s2s.Translator.load(checkpoint, device="cpu")
+    assert len(lines) == len(translator.tokenizers.src)
+    pieces = [line.split("\t")[0] for line in lines]
+    assert pieces[1:4] == ["<unk>", "<s>", "</s>"]  # s2s's ids: pad, unk, bos, eos
+    assert translator.tokenizers.src.id_to_piece([7]) == [pieces[7]]
+
+
+def test_a_licence_file_matches_the_project_metadata():
+    licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("MIT License")
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -427,3 +427,22 @@ def test_round_trip_through_yaml(tmp_path):
     cfg = load_config(TOY, ["model.attention=multihead", "model.num_heads=4"])
     save_config(cfg, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.decoder.dropout=1.5", "model.decoder.dropout"),
+    ("training.betas=[0.9, x]", "training.betas[1]"),
+    ("model={attention: dott}", "model.attention"),
+], ids=["value", "list-item", "section"])
+def test_an_override_error_names_the_command_line_not_the_file(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(TOY, ["training.max_steps=5", override])
+    assert str(info.value).startswith(f"--set {override}: ")
+    assert key in str(info.value) and str(TOY) not in str(info.value)
+
+
+def test_an_error_in_the_file_still_names_the_file(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", with_(model={"decoder": {"dropout": 2}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["training.max_steps=5"])
+    assert str(info.value).startswith(f"{path}: config key 'model.decoder.dropout'")

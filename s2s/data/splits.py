@@ -157,6 +157,7 @@ def build_tokenizers(cfg: DataConfig, train: ParallelText,
             models = [tokenizers.src] if tok.joint else [tokenizers.src, tokenizers.tgt]
             for name, model in zip(names, models):
                 (cache_dir / f"spm_{name}.model").write_bytes(model.model_bytes)
+                (cache_dir / f"spm_{name}.vocab").write_text(model.vocab_text(), "utf-8")
             (cache_dir / "tokenizer.json").write_text(json.dumps({"fingerprint": fingerprint}))
     return tokenizers
 

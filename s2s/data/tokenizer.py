@@ -54,6 +54,16 @@ class Tokenizer:
         to_model[to_sp[to_sp >= 0]] = np.nonzero(to_sp >= 0)[0]
         return to_model, to_sp
 
+    def vocab_text(self) -> str:
+        """The vocabulary as SentencePiece writes it beside a ``.model``: one
+        ``piece<TAB>score`` line per model id (the ids s2s uses: specials first)."""
+        sp = self._sp
+        lines = []
+        for sp_id in self._to_sp.tolist():
+            lines.append(f"{sp.id_to_piece(sp_id)}\t{sp.get_score(sp_id):g}" if sp_id >= 0
+                         else "<pad>\t0")
+        return "\n".join(lines) + "\n"
+
     @classmethod
     def from_file(cls, path: str) -> "Tokenizer":
         """Load a SentencePiece ``.model`` file trained elsewhere."""
