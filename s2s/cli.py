@@ -385,3 +385,78 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
     if chunk:
         emit(chunk)
     return 0
+
+
+@reports_errors
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Write a translation-only checkpoint: weights, config and tokenizers, no "
+                    "optimizer, scheduler or data-order state.")
+    parser.add_argument("checkpoint", help="a checkpoint (e.g. runs/x/best.pt)")
+    parser.add_argument("output", help="the file to write")
+    parser.add_argument("--fp16", action="store_true",
+                        help="store the weights as float16 (half the size; they are float32 "
+                             "again when loaded)")
+    args = parser.parse_args(argv)
+
+    from s2s.train.checkpoint import export_checkpoint, save_checkpoint
+
+    if output_problem(args.output):
+        raise S2SError(f"output '{args.output}' {output_problem(args.output)}")
+    save_checkpoint(export_checkpoint(args.checkpoint, args.fp16), args.output)
+    before, after = Path(args.checkpoint).stat().st_size, Path(args.output).stat().st_size
+    print(f"wrote {args.output}: {after / 2**20:.1f} MB ({before / 2**20:.1f} MB before)")
+    return 0
+
+
+@reports_errors
+def plot_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Draw a translation's attention or runs' "
+                                                 "training curves as a PNG.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    attention = commands.add_parser("attention", help="the attention of one translation")
+    attention.add_argument("--checkpoint", required=True)
+    attention.add_argument("--sentence", required=True, help="source sentence to translate")
+    attention.add_argument("--output", default="attention.png", help="PNG file to write")
+    attention.add_argument("--beam", type=positive_int, default=1)
+    attention.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    curves = commands.add_parser("curves", help="validation BLEU and loss of training runs "
+                                                "against updates and wall time")
+    curves.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl)")
+    curves.add_argument("--output", default="curves.png", help="PNG file to write")
+    args = parser.parse_args(argv)
+
+    if output_problem(args.output):
+        raise S2SError(f"--output '{args.output}' {output_problem(args.output)}")
+    if args.command == "curves":
+        from s2s.plotting import plot_curves
+
+        plot_curves(args.runs, args.output)
+        print(f"curves of {len(args.runs)} run(s) written to {args.output}")
+        return 0
+    from s2s.inference import load_translator
+    from s2s.plotting import plot_translation
+
+    translator = load_translator(args.checkpoint, args.device)
+    text = plot_translation(translator, args.sentence, args.output, args.beam)
+    print(f"{text}\nattention written to {args.output}")
+    return 0
+
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "translate": translate_main,
+            "average": average_main, "export": export_main, "plot": plot_main}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m s2s COMMAND ...`` (or ``s2s COMMAND``): the commands by name."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        if argv and argv[0] in ("-h", "--help"):
+            print(f"usage: python -m s2s COMMAND [options]; commands: {names} "
+                  f"(python -m s2s COMMAND --help for each)")
+            return 0
+        print(f"error: expected a command: {names}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+

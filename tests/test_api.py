@@ -131,3 +131,42 @@ def test_a_licence_file_matches_the_project_metadata():
     licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert licence.startswith("MIT License")
     assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_export_keeps_what_translating_needs(checkpoint, tmp_path, fp16):
+    exported = tmp_path / "model.pt"
+    result = subprocess.run([sys.executable, "-m", "s2s", "export", str(checkpoint),
+                             str(exported), *(["--fp16"] if fp16 else [])], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    state = torch.load(exported, weights_only=True)
+    assert {"optimizer", "scheduler", "sampler", "rng", "trainer"}.isdisjoint(state)
+    assert exported.stat().st_size < checkpoint.stat().st_size
+    weight_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
+    full = torch.load(checkpoint, weights_only=True)["model"]
+    assert weight_bytes == sum(t.numel() * t.element_size() for t in full.values()) // (
+        2 if fp16 else 1)
+    original = s2s.Translator.load(checkpoint, device="cpu")
+    light = s2s.Translator.load(exported, device="cpu")
+    sources = ["a b c", "d e f g", "h"]
+    if fp16:  # the same weights to fp16 precision
+        for a, b in zip(original.model.parameters(), light.model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    else:
+        assert light.translate(sources, beam_size=3) == original.translate(sources, beam_size=3)
+
+
+def test_python_m_s2s_names_its_commands_and_plots_curves(checkpoint, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "s2s"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: expected a command: train, evaluate, translate, "
+                                     "average, export, plot")
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    result = subprocess.run([sys.executable, "-m", "s2s", "plot", "curves",
+                             str(checkpoint.parent), "--output", str(png)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert png.stat().st_size > 1000

@@ -152,3 +152,19 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     return {"config": last["config"], "model": averaged, "tokenizers": last["tokenizers"],
             "step": last.get("step", 0), "epoch": last.get("epoch", 0), "scores": {},
             "averaged_from": [str(path) for path in paths]}
+
+
+def export_checkpoint(path: str | Path, fp16: bool = False) -> dict[str, Any]:
+    """What translating with the checkpoint at ``path`` needs — config, weights, tokenizers,
+    step, epoch and scores — without the optimizer, scheduler, data-order and random state;
+    ``fp16``: floating-point weights stored as float16."""
+    state = load_checkpoint(path)
+    missing = sorted({"config", "model", "tokenizers"} - set(state))
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    weights = {name: (tensor.half() if fp16 and tensor.is_floating_point() else tensor)
+               for name, tensor in state["model"].items()}
+    return {"config": state["config"], "model": weights, "tokenizers": state["tokenizers"],
+            "step": state.get("step", 0), "epoch": state.get("epoch", 0),
+            "scores": state.get("scores", {}), "exported_from": str(path)}
+
