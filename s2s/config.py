@@ -15,9 +15,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import math
+import os
 import re
 import reprlib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -123,6 +126,7 @@ class ModelConfig:
     """Sizes of the encoder-decoder and the attention it uses (see ``s2s.model.attention``)."""
 
     attention: str = "bahdanau"
+    plugins: list[str] = field(default_factory=list)
     embedding_dim: int = _num(256, 1, MAX_WIDTH)
     src_embedding_dim: Optional[int] = _num(None, 1, MAX_WIDTH)
     tgt_embedding_dim: Optional[int] = _num(None, 1, MAX_WIDTH)
@@ -406,11 +410,34 @@ def _check_teacher_forcing(training: TrainingConfig) -> None:
                           f"schedule takes {expected}, got {decay!r}")
 
 
+def import_plugins(raw: Any) -> None:
+    """Import the modules ``model.plugins`` names (from the current directory or the Python
+    path) so that the attention types they register exist before the config is checked."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    plugins = model.get("plugins") if isinstance(model, dict) else None
+    if plugins is None:
+        return
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise ConfigError(f"config key 'model.plugins': expected a list of module names, got "
+                          f"{_describe(plugins)}")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # the module's own failure, whatever it is: one line
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ConfigError(f"config key 'model.plugins': cannot import '{name}' "
+                              f"({type(err).__name__}: {clip(reason)})") from None
+
+
 def config_from_dict(raw: Any, source: str = "config") -> Config:
-    """Validate a plain mapping (e.g. from YAML or a checkpoint) into a :class:`Config`."""
+    """Validate a plain mapping (e.g. from YAML or a checkpoint) into a :class:`Config`,
+    after importing its ``model.plugins``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with sections data, model, training, "
                           f"evaluation; got {_describe(raw)}")
+    import_plugins(raw)
     cfg = _build(Config, raw, "")
     _check_model(cfg)
     _check_data(cfg)
