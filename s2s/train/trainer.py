@@ -186,6 +186,10 @@ def _record_step(line: str) -> float:
         return math.inf
 
 
+EXAMPLES = 2          # validation translations shown in the log beside their references
+PACE_UPDATES = 20     # updates timed before the log says how long the budget will take
+
+
 class Trainer:
     """Owns the model, optimizer, scheduler and data order of one training run.
 
@@ -243,6 +247,7 @@ class Trainer:
         self.state = TrainState()
         self._interrupted: Optional[signal.Signals] = None
         self._plots_work = True
+        self._examples: list[tuple[str, str, str]] = []
         if checkpoint:
             self._restore(checkpoint)
         if self.world.rank:  # dropout masks of their own in the other processes
@@ -333,12 +338,37 @@ class Trainer:
         self.sampler.load_state_dict(checkpoint["sampler"])
         self.precision.load_state_dict(checkpoint.get("scaler") or {})
         self.state = self._trainer_state(checkpoint["trainer"])
+        if self.state.finished:
+            self._refuse_if_still_finished()
         self.state.finished = False  # a resumed run goes on until its (possibly new) budget
         set_rng_state(checkpoint["rng"])
         self._apply_changed_settings(config_from_dict(checkpoint["config"]).training)
         if self.world.is_main:
             self._truncate_metrics()
         log.info("resumed from step %d (epoch %d)", self.state.step, self.state.epoch + 1)
+
+    def _refuse_if_still_finished(self) -> None:
+        """A finished run resumed with the budget that ended it: say so, and what to raise."""
+        cfg, state = self.cfg, self.state
+        es = cfg.early_stopping
+        reasons = [
+            (bool(cfg.max_steps) and state.step >= cfg.max_steps,
+             f"its max_steps {cfg.max_steps} are done", f"training.max_steps={2 * state.step}"),
+            (bool(cfg.max_epochs) and self.sampler.epoch >= cfg.max_epochs,
+             f"its max_epochs {cfg.max_epochs} are done",
+             f"training.max_epochs={2 * cfg.max_epochs}"),
+            (bool(cfg.max_minutes) and state.elapsed >= 60 * cfg.max_minutes,
+             f"its max_minutes {cfg.max_minutes:g} are used",
+             f"training.max_minutes={2 * cfg.max_minutes:g}"),
+            (state.bad_validations >= es.patience,
+             f"early stopping: {es.metric} did not improve for {state.bad_validations} "
+             f"validations", f"training.early_stopping.patience={state.bad_validations + es.patience}"),
+        ]
+        for ended, why, extension in reasons:
+            if ended:
+                raise S2SError(f"{self._resume_source}: the run is finished (step {state.step}; "
+                               f"{why}); to go on, extend it, e.g. --set {extension} "
+                               f"--resume auto")
 
     def _trainer_state(self, saved: Any) -> TrainState:
         known = {f.name for f in dataclasses.fields(TrainState)}
@@ -491,6 +521,7 @@ class Trainer:
                                 ev.max_output_length, ev.max_output_ratio, self.device,
                                 workers=ev.workers)
         hyps = [self.data.tokenizers.tgt.decode(ids) for ids in hyp_ids]
+        self._examples = list(zip(split.sources, hyps, split.references))[:EXAMPLES]
         refs = split.references
         self.model.train()
         return {"step": self.state.step, "epoch": self.state.epoch + 1,
@@ -528,6 +559,9 @@ class Trainer:
         metrics = self.output_dir / "metrics.jsonl"
         with writing(metrics), open(metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(scores) + "\n")
+        for source, hypothesis, reference in self._examples:
+            log.info("  source     %s\n  output     %s\n  reference  %s", source, hypothesis,
+                     reference)
         log.info("validation step %d: loss %.3f  ppl %.2f  bleu %.2f  exact %.1f%%  lr %.2e%s",
                  scores["step"], scores["val_loss"], scores["ppl"], scores["bleu"],
                  scores["exact_match"], scores["lr"], "  *best*" if improved else "")
@@ -635,16 +669,35 @@ class Trainer:
                 signal.signal(sig, handler)
             self.world.close()
 
+    def _budget_updates(self) -> Optional[int]:
+        """The step or epoch budget in updates (the smaller), or None without one."""
+        per_epoch = math.ceil(len(self.sampler) / (self.cfg.accumulate_steps * self.world.size))
+        budgets = [b for b in (self.cfg.max_steps, self.cfg.max_epochs * per_epoch) if b]
+        return min(budgets) if budgets else None
+
+    def _log_pace(self, budget: Optional[int], seconds: float) -> None:
+        """Once, early: how long the budget will take at the pace measured so far."""
+        per_update = seconds / PACE_UPDATES
+        limits = []
+        if budget:
+            limits.append((budget - self.state.step) * per_update)
+        if self.cfg.max_minutes:
+            limits.append(60.0 * self.cfg.max_minutes - self.state.elapsed)
+        if limits:
+            log.info("%.2f s an update: about %.0f minutes to the end of the budget "
+                     "(validations not counted)", per_update, max(min(limits), 0.0) / 60)
+
     def _loop(self) -> dict[str, Any]:
         from tqdm import tqdm
 
         interactive = sys.stderr.isatty()
-        bar = tqdm(total=self.cfg.max_steps or None, initial=self.state.step, unit="step",
+        budget = self._budget_updates()
+        bar = tqdm(total=budget, initial=self.state.step, unit="step",
                    disable=not self.cfg.progress_bar, dynamic_ncols=True, file=sys.stderr,
                    mininterval=0.2 if interactive else 30.0)
         window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
         run_tokens, run_start = 0, time.perf_counter()
-        elapsed_before = self.state.elapsed
+        elapsed_before, first_step = self.state.elapsed, self.state.step
         last_scores: dict[str, Any] = {}
         batches = self._batches()
         per_update = self.cfg.accumulate_steps * self.world.size
@@ -659,6 +712,8 @@ class Trainer:
             self.state.elapsed = elapsed_before + time.perf_counter() - run_start
             if self.on_update is not None:
                 self.on_update(UpdateRecord(self.state.step, loss, tokens, time.perf_counter()))
+            if self.state.step == first_step + PACE_UPDATES:
+                self._log_pace(budget, time.perf_counter() - run_start)
             window_tokens += tokens
             run_tokens += tokens
             window_loss += loss
