@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
@@ -26,17 +25,19 @@ import torch
 from torch import nn
 
 from s2s.backend import resolve_device, select_backend
-from s2s.config import Config, TrainingConfig, config_from_dict, save_config
+from s2s.config import Config, config_from_dict, save_config
 from s2s.data.batching import Batch, TokenBatchSampler, collate, sentence_batches
 from s2s.data.splits import Dataset, EncodedSplit, Tokenizers, configured_vocab, load_dataset
 from s2s.data.tokenizer import SPECIAL
-from s2s.errors import CheckpointError, ConfigError, S2SError, storage_error, writing
+from s2s.errors import CheckpointError, S2SError, storage_error, writing
 from s2s.footprint import (check_memory, check_weights, model_shapes, parameter_count,
                            training_bytes)
 from s2s.metrics import bleu, exact_match, perplexity
 from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
 from s2s.search.runner import translate_ids
 from s2s.train.checkpoint import load_checkpoint, remove_orphans, save_checkpoint
+from s2s.train.resume import (RESUME_KEYS, apply_changed_settings, config_disagreement,
+                              finished_by, numbered_checkpoints, run_directory, truncate_metrics)
 from s2s.train.distributed import join_world
 from s2s.train.precision import Precision
 from s2s.train.schedule import teacher_forcing_ratio
@@ -132,58 +133,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-RESUME_KEYS = {"config", "model", "tokenizers", "optimizer", "scheduler", "sampler", "rng",
-               "trainer"}
-
-
-def _lookup(tree: dict[str, Any], dotted: str) -> Any:
-    for key in dotted.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if a == b else f"{path} (checkpoint: {a!r}, now: {b!r})"
-
-
-def run_directory(name: str) -> Path:
-    """``training.output_dir`` as a path; an empty value (an unset shell variable) or one that
-    is the current, home or root directory is refused: a run writes and --overwrite deletes
-    there."""
-    if not name.strip():
-        raise ConfigError("config key 'training.output_dir': empty; name the run's directory "
-                          "(e.g. runs/NAME)")
-    path = Path(name)
-    resolved = path.resolve()
-    special = {Path(resolved.anchor): "the root", Path.home().resolve(): "the home",
-               Path.cwd().resolve(): "the current"}
-    if resolved in special:
-        raise ConfigError(f"config key 'training.output_dir': '{name}' is {special[resolved]} "
-                          f"directory; name a directory of its own for the run (e.g. runs/NAME)")
-    return path
-
-
-def numbered_checkpoints(directory: Path) -> list[Path]:
-    """The ``step_N.pt`` files of a run, oldest first (other names are not the toolkit's)."""
-    found = [p for p in directory.glob("step_*.pt") if p.stem[len("step_"):].isdigit()]
-    return sorted(found, key=lambda p: int(p.stem[len("step_"):]))
-
-
-def _record_step(line: str) -> float:
-    """The step of one metrics.jsonl line; a torn last line (a kill mid-write) counts as past
-    every step."""
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 EXAMPLES = 2          # validation translations shown in the log beside their references
@@ -284,16 +233,12 @@ class Trainer:
         if missing:
             raise CheckpointError(f"{path}: cannot resume from it, it lacks "
                                   f"{', '.join(missing)}")
-        saved = config_from_dict(checkpoint["config"], f"{path} config").to_dict()
-        now = self.config.to_dict()
-        for section in ("data", "model", "training.optimizer", "training.scheduler.type",
-                        "training.early_stopping.metric"):
-            diff = _first_difference(_lookup(saved, section), _lookup(now, section), section)
-            if diff:
-                raise CheckpointError(f"{path}: the config disagrees with the checkpoint at "
-                                      f"{diff}; a resumed run must keep the data, the model, "
-                                      f"the optimizer, the scheduler type and the early "
-                                      f"stopping metric")
+        saved = config_from_dict(checkpoint["config"], f"{path} config")
+        diff = config_disagreement(saved, self.config)
+        if diff:
+            raise CheckpointError(f"{path}: the config disagrees with the checkpoint at {diff}; "
+                                  f"a resumed run must keep the data, the model, the optimizer, "
+                                  f"the scheduler type and the early stopping metric")
         return checkpoint
 
     def _check_footprint(self, checkpoint: Optional[dict[str, Any]],
@@ -338,37 +283,22 @@ class Trainer:
         self.sampler.load_state_dict(checkpoint["sampler"])
         self.precision.load_state_dict(checkpoint.get("scaler") or {})
         self.state = self._trainer_state(checkpoint["trainer"])
-        if self.state.finished:
-            self._refuse_if_still_finished()
+        ended = self.state.finished and finished_by(self.cfg, self.state, self.sampler.epoch)
+        if ended:
+            raise S2SError(f"{self._resume_source}: the run is finished (step {self.state.step}; "
+                           f"{ended[0]}); to go on, extend it, e.g. --set {ended[1]} "
+                           f"--resume auto")
         self.state.finished = False  # a resumed run goes on until its (possibly new) budget
         set_rng_state(checkpoint["rng"])
-        self._apply_changed_settings(config_from_dict(checkpoint["config"]).training)
+        saved = config_from_dict(checkpoint["config"]).training
+        for message in apply_changed_settings(self.optimizer, self.scheduler, self.cfg, saved):
+            log.info("resume: %s", message)
         if self.world.is_main:
-            self._truncate_metrics()
+            dropped = truncate_metrics(self.output_dir / "metrics.jsonl", self.state.step)
+            if dropped:
+                log.info("resume: dropped %d metrics.jsonl records past step %d", dropped,
+                         self.state.step)
         log.info("resumed from step %d (epoch %d)", self.state.step, self.state.epoch + 1)
-
-    def _refuse_if_still_finished(self) -> None:
-        """A finished run resumed with the budget that ended it: say so, and what to raise."""
-        cfg, state = self.cfg, self.state
-        es = cfg.early_stopping
-        reasons = [
-            (bool(cfg.max_steps) and state.step >= cfg.max_steps,
-             f"its max_steps {cfg.max_steps} are done", f"training.max_steps={2 * state.step}"),
-            (bool(cfg.max_epochs) and self.sampler.epoch >= cfg.max_epochs,
-             f"its max_epochs {cfg.max_epochs} are done",
-             f"training.max_epochs={2 * cfg.max_epochs}"),
-            (bool(cfg.max_minutes) and state.elapsed >= 60 * cfg.max_minutes,
-             f"its max_minutes {cfg.max_minutes:g} are used",
-             f"training.max_minutes={2 * cfg.max_minutes:g}"),
-            (state.bad_validations >= es.patience,
-             f"early stopping: {es.metric} did not improve for {state.bad_validations} "
-             f"validations", f"training.early_stopping.patience={state.bad_validations + es.patience}"),
-        ]
-        for ended, why, extension in reasons:
-            if ended:
-                raise S2SError(f"{self._resume_source}: the run is finished (step {state.step}; "
-                               f"{why}); to go on, extend it, e.g. --set {extension} "
-                               f"--resume auto")
 
     def _trainer_state(self, saved: Any) -> TrainState:
         known = {f.name for f in dataclasses.fields(TrainState)}
@@ -378,58 +308,6 @@ class Trainer:
                                   f"does not know ({', '.join(map(str, unknown))}); it was "
                                   f"written by a newer s2s: resume it with that version")
         return TrainState(**saved)
-
-    def _apply_changed_settings(self, saved: TrainingConfig) -> None:
-        """Settings the restored optimizer and scheduler state would hide: a value changed
-        since the checkpoint (``--set`` on a resume) is applied and logged; the seed cannot be
-        (the data order and random state continue), and saying so is all a resume can do."""
-        now = self.cfg
-        changed = []
-        group_keys = {"learning_rate": "lr", "betas": "betas", "weight_decay": "weight_decay"}
-        for key, group_key in group_keys.items():
-            if getattr(now, key) != getattr(saved, key):
-                changed.append(key)
-                value = tuple(now.betas) if key == "betas" else getattr(now, key)
-                for group in self.optimizer.param_groups:
-                    group[group_key] = value
-                    if key == "learning_rate" and "initial_lr" in group:
-                        group["initial_lr"] = value
-        if "learning_rate" in changed and isinstance(self.scheduler,
-                                                     torch.optim.lr_scheduler.LambdaLR):
-            self.scheduler.base_lrs = [now.learning_rate] * len(self.optimizer.param_groups)
-            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = now.learning_rate * factor
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            for key in ("factor", "patience", "min_lr"):
-                if getattr(now.scheduler, key) != getattr(saved.scheduler, key):
-                    changed.append(f"scheduler.{key}")
-            self.scheduler.factor, self.scheduler.patience = now.scheduler.factor, \
-                now.scheduler.patience
-            self.scheduler.min_lrs = [now.scheduler.min_lr] * len(self.optimizer.param_groups)
-        for key in changed:
-            log.info("resume: training.%s is now %s (was %s): applied", key,
-                     _lookup(dataclasses.asdict(now), key), _lookup(dataclasses.asdict(saved), key))
-        if now.seed != saved.seed:
-            log.info("resume: training.seed is now %d (was %d): not applied, the data order and "
-                     "random state continue from the checkpoint", now.seed, saved.seed)
-
-    def _truncate_metrics(self) -> None:
-        """Drop metrics.jsonl records past the resumed step (written after the checkpoint by a
-        run that was then killed, or by one resumed from an earlier checkpoint), so that the
-        file describes one run."""
-        path = self.output_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if _record_step(line) <= self.state.step]
-        if len(kept) < len(lines):
-            temporary = path.with_name(path.name + ".tmp")
-            with writing(path):
-                temporary.write_text("".join(kept), encoding="utf-8")
-                os.replace(temporary, path)
-            log.info("resume: dropped %d metrics.jsonl records past step %d",
-                     len(lines) - len(kept), self.state.step)
 
     # ---------------------------------------------------------------------------- batches
     def _batches(self) -> Iterator[list[int]]:
