@@ -518,12 +518,32 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """The names of the configs that ship with s2s (``--config toy`` finds ``toy.yaml``)."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """``name`` as a path; a bare name that is no file here (``toy``, ``bahdanau.yaml``) is
+    one of the packaged configs when there is one by that name."""
+    path = Path(name)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    packaged = PACKAGED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return packaged if packaged.is_file() else path
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with file, line and column in any parse error."""
-    path = Path(path)
+    path = config_path(path)
     problem = file_problem(path)
     if problem:
-        raise ConfigError(f"config file '{path}' {problem}")
+        known = (f" (packaged configs: {', '.join(packaged_configs())})"
+                 if len(path.parts) == 1 else "")
+        raise ConfigError(f"config file '{path}' {problem}{known}")
     try:
         raw = safe_yaml(path.read_text(encoding="utf-8"))
     except ConfigError as err:
