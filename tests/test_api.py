@@ -170,3 +170,12 @@ def test_python_m_s2s_names_its_commands_and_plots_curves(checkpoint, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert png.stat().st_size > 1000
+
+
+def test_int8_without_quantize_dynamic_is_one_line(monkeypatch):
+    from s2s.cpu import int8
+    from s2s.errors import ConfigError
+
+    monkeypatch.delattr(torch.ao.quantization, "quantize_dynamic")
+    with pytest.raises(ConfigError, match=r"--int8 needs torch.ao.quantization.quantize_dynamic"):
+        int8.quantize_int8(torch.nn.Linear(2, 2))
