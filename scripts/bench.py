@@ -396,6 +396,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     global REUSE
     REUSE = args.resume
+    if not args.peers_dir.is_dir():
+        fail(f"the peers' scripts are not in {args.peers_dir}: bench.py compares against "
+             f"JoeyNMT and OpenNMT-py installed and fed by them (docs/performance.md, "
+             f"'Reproducing'); pass --peers-dir DIR, or time s2s alone with "
+             f"scripts/bench_train.py")
+    venvs = Path(os.environ.get("VENV_DIR", "/tmp/anchors-venvs"))
+    if not (args.s2s_only or args.peers_from):
+        for peer, script in (("joeynmt", "install_joeynmt.sh"),
+                             ("opennmt-t213", "install_opennmt_torch213.sh")):
+            if not (venvs / peer / "bin" / "python").is_file():
+                fail(f"{peer} is not installed in {venvs / peer}; run "
+                     f"{args.peers_dir / script} first (or pass --s2s-only)")
     for name in ["spm8k.model"] + [f"{s}.raw.{lang}" for s in ("train", "val", TEST)
                                    for lang in ("de", "en")]:
         if not (args.data / name).is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,17 @@ def test_decoding_passes_rotate_the_order_and_give_medians(bench, monkeypatch, t
     assert s2s["beam1"]["sent_per_s"] == 300.0 and s2s["beam1_int8"]["sent_per_s"] == 600.0
     assert s2s["beam5"]["sent_per_s"] == 60.0
     assert peers == {"parsed": "parsed"}
+
+
+def test_without_the_peers_bench_says_what_to_run_first(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--peers-dir",
+                             str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "the peers' scripts are not in" in line and "scripts/bench_train.py" in line
+    (tmp_path / "peers").mkdir()
+    result = subprocess.run([sys.executable, str(SCRIPT), "--peers-dir",
+                             str(tmp_path / "peers")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "VENV_DIR": str(tmp_path / "v")})
+    [line] = result.stderr.strip().splitlines()
+    assert "joeynmt is not installed" in line and "install_joeynmt.sh first" in line
