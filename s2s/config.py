@@ -185,6 +185,7 @@ class TrainingConfig:
     keep_checkpoints: int = _num(1, 0, 100_000)
     max_bad_steps: int = _num(5, 1)
     progress_bar: bool = True
+    tensorboard: bool = False
     plot_attention: int = _num(0, 0, 1000, doc="validation sentences drawn as heatmaps per validation")
     scheduler: SchedulerConfig = _sub(SchedulerConfig)
     early_stopping: EarlyStoppingConfig = _sub(EarlyStoppingConfig)

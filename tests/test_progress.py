@@ -54,3 +54,37 @@ def test_resuming_a_finished_run_says_how_to_extend_it(finished_run, tmp_path):
     extended = Trainer(small_config(run_dir, f"training.max_steps={steps + 2}",
                                     "training.validate_every=12"), resume="auto")
     assert extended.train()["steps"] == steps + 2
+
+
+def test_tensorboard_logs_training_validation_and_attention(tmp_path):
+    pytest.importorskip("matplotlib")
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    Trainer(small_config(tmp_path, "training.tensorboard=true", "training.max_steps=10",
+                         "training.validate_every=5", "training.log_every=2",
+                         "training.plot_attention=1")).train()
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"),
+                                          size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss_per_token", "train/learning_rate", "train/grad_norm",
+            "train/tokens_per_second", "valid/val_loss", "valid/ppl", "valid/bleu",
+            "valid/chrf", "valid/exact_match"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss_per_token")] == [2, 4, 6, 8, 10]
+    assert [e.step for e in events.Scalars("valid/bleu")] == [5, 10]
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
+    assert [e.step for e in events.Images("attention/sentence0")] == [5, 10]
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(S2SError, match=r"training.tensorboard': needs the tensorboard package"):
+        Trainer(small_config(tmp_path, "training.tensorboard=true"))

@@ -32,7 +32,7 @@ from s2s.data.tokenizer import SPECIAL
 from s2s.errors import CheckpointError, S2SError, storage_error, writing
 from s2s.footprint import (check_memory, check_weights, model_shapes, parameter_count,
                            training_bytes)
-from s2s.metrics import bleu, exact_match, perplexity
+from s2s.metrics import bleu, chrf, exact_match, perplexity
 from s2s.model.seq2seq import Seq2Seq, build_model, count_parameters
 from s2s.search.runner import translate_ids
 from s2s.train.checkpoint import load_checkpoint, remove_orphans, save_checkpoint
@@ -41,6 +41,7 @@ from s2s.train.resume import (RESUME_KEYS, apply_changed_settings, config_disagr
 from s2s.train.distributed import join_world
 from s2s.train.precision import Precision
 from s2s.train.schedule import teacher_forcing_ratio
+from s2s.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger("s2s")
 
@@ -197,6 +198,9 @@ class Trainer:
         self._interrupted: Optional[signal.Signals] = None
         self._plots_work = True
         self._examples: list[tuple[str, str, str]] = []
+        self._grad_norm: Any = 0.0
+        self.board = (TensorBoardLog(self.output_dir / "tensorboard")
+                      if self.cfg.tensorboard and main else None)
         if checkpoint:
             self._restore(checkpoint)
         if self.world.rank:  # dropout masks of their own in the other processes
@@ -356,6 +360,7 @@ class Trainer:
         if finite:  # max_norm=inf measures without clipping, to catch non-finite gradients
             norm = nn.utils.clip_grad_norm_(self.model.parameters(),
                                             self.cfg.clip_grad_norm or float("inf"))
+            self._grad_norm = norm  # a tensor: read (a host sync) only when logged
             finite = bool(torch.isfinite(norm))
             overflow = not finite and self.precision.scaler is not None
         self.precision.step(self.optimizer, finite)
@@ -404,7 +409,8 @@ class Trainer:
         self.model.train()
         return {"step": self.state.step, "epoch": self.state.epoch + 1,
                 "val_loss": nll / max(tokens, 1), "ppl": perplexity(nll, tokens),
-                "bleu": bleu(hyps, refs).score, "exact_match": exact_match(hyps, refs),
+                "bleu": bleu(hyps, refs).score, "chrf": chrf(hyps, refs).score,
+                "exact_match": exact_match(hyps, refs),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "teacher_forcing": teacher_forcing_ratio(self.cfg, self.state.step),
                 "elapsed": self.state.elapsed,
@@ -437,6 +443,8 @@ class Trainer:
         metrics = self.output_dir / "metrics.jsonl"
         with writing(metrics), open(metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(scores) + "\n")
+        if self.board is not None:
+            self.board.validation(self.state.step, scores)
         for source, hypothesis, reference in self._examples:
             log.info("  source     %s\n  output     %s\n  reference  %s", source, hypothesis,
                      reference)
@@ -473,8 +481,10 @@ class Trainer:
         translator = Translator(self.model, self.data.tokenizers, self.config, self.device)
         try:
             for i, sentence in enumerate(self.valid_split.sources[:count]):
-                plot_translation(translator, sentence, self.output_dir / "attention" /
-                                 f"step{self.state.step:07d}_sent{i}.png")
+                png = self.output_dir / "attention" / f"step{self.state.step:07d}_sent{i}.png"
+                plot_translation(translator, sentence, png)
+                if self.board is not None:
+                    self.board.image(f"attention/sentence{i}", png, self.state.step)
         except Exception as err:  # a plot must never end a training run
             log.warning("attention plots skipped: %s", str(err).splitlines()[0] if str(err)
                         else type(err).__name__)
@@ -546,6 +556,8 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.world.close()
+            if self.board is not None:
+                self.board.close()
 
     def _budget_updates(self) -> Optional[int]:
         """The step or epoch budget in updates (the smaller), or None without one."""
@@ -603,6 +615,9 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{window_loss / max(window_tokens, 1):.3f}",
                                 tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}", refresh=False)
+                if self.board is not None:
+                    self.board.update(self.state.step, window_loss / max(window_tokens, 1), lr,
+                                      float(self._grad_norm), rate)
                 if not self.cfg.progress_bar:
                     log.info("step %d  epoch %d  loss/token %.3f  %.0f tgt tok/s  lr %.2e",
                              self.state.step, self.state.epoch + 1,
