@@ -351,6 +351,7 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from s2s.data.corpus import read_lines
+    from s2s.inference import clean_input
 
     if args.beam and args.nbest > args.beam:
         raise S2SError(f"--nbest {args.nbest} is larger than --beam {args.beam}: a beam keeps "
@@ -361,8 +362,11 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
     beam = max(args.beam or translator.config.evaluation.beam_size, args.nbest)
 
     def emit(lines: list[str]) -> None:
-        for nbest in translator.translate_nbest(lines, beam, args.nbest, args.batch_size,
-                                                workers=args.workers):
+        results = translator.translate_nbest(lines, beam, args.nbest, args.batch_size,
+                                             workers=args.workers)
+        for line, nbest in zip(lines, results):
+            if not clean_input(line):  # nothing was translated: only the line's place is kept
+                nbest = []
             for rank, (text, hyp) in enumerate(nbest):
                 print(text if args.nbest == 1 else f"{rank}\t{hyp.score:.4f}\t{text}")
             for rank in range(len(nbest), args.nbest):  # keep K lines per input line

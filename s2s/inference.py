@@ -164,10 +164,9 @@ def model_from_state(state: dict, device: torch.device, source: str = "checkpoin
 def decoding_device(device: str, int8: bool = False) -> torch.device:
     """The device ``device`` ("auto", "cpu", "cuda") means for decoding; int8 runs on the CPU
     only ("auto" is the CPU then)."""
-    resolved = resolve_device("cpu" if int8 and device == "auto" else device)
-    if int8 and resolved.type != "cpu":
+    if int8 and device not in ("auto", "cpu"):  # said before the device is even looked for
         raise ConfigError("int8 decoding runs on the CPU only; add --device cpu")
-    return resolved
+    return resolve_device("cpu" if int8 else device)
 
 
 def load_translator(paths: str | Path | Sequence[str | Path], device: str = "auto",

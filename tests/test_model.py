@@ -255,3 +255,44 @@ def test_word_dropout_replaces_real_tokens_by_unk_in_training_only():
     model.train()
     losses = {float(model(batch).loss.detach()) for _ in range(3)}
     assert len(losses) == 3
+
+
+# ------------------------------------------------- what the formulas say, checked directly
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_the_bridge_initial_state_is_its_formula(num_layers):
+    model = tiny_model("general", num_layers=num_layers, seed=4).eval()
+    batch = random_batch()
+    decoder = model.decoder
+    with torch.no_grad():
+        encoded = model.encoder(batch.src, batch.src_lengths)
+        state = decoder.init_state(encoded)
+        hidden = torch.tanh(encoded.final_hidden @ decoder.bridge_hidden.weight.T
+                            + decoder.bridge_hidden.bias)
+        cell = encoded.final_cell @ decoder.bridge_cell.weight.T + decoder.bridge_cell.bias
+    assert state.hidden.shape == (num_layers, batch.src.size(0), decoder.hidden_size)
+    for layer in range(num_layers):  # s(0) = tanh(W_h h_S + b_h), c(0) = W_c c_S + b_c
+        torch.testing.assert_close(state.hidden[layer], hidden)
+        torch.testing.assert_close(state.cell[layer], cell)
+
+
+def test_scheduled_sampling_feeds_the_model_s_own_argmax():
+    model = tiny_model("bahdanau", seed=6).eval()
+    batch = random_batch()
+    decoder = model.decoder
+    fed, vectors = [], []
+    original = decoder.step
+
+    def recording(prev, state, memory, *args):
+        fed.append(prev.clone())
+        vector, state, alpha = original(prev, state, memory, *args)
+        vectors.append(vector.detach())
+        return vector, state, alpha
+
+    decoder.step = recording
+    with torch.no_grad():
+        memory, state = model.encode(batch.src, batch.src_lengths)
+        step_by_step(decoder, batch.tgt_in, state, memory, teacher_forcing_ratio=0.0)
+    assert torch.equal(fed[0], batch.tgt_in[:, 0])  # BOS
+    for t in range(1, len(fed)):  # ratio 0: always the argmax of the step before
+        assert torch.equal(fed[t], decoder.output(vectors[t - 1]).argmax(dim=-1))
+    assert any(not torch.equal(fed[t], batch.tgt_in[:, t]) for t in range(1, len(fed)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -66,12 +67,16 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
         "big = torch.randn(4_000_000)\n"
         "for i in range(10**6):\n"
         f"    save_checkpoint({{'counter': i, 'weights': big}}, {str(path)!r})\n")])
-    time.sleep(3.0)
+    temporary = path.with_name(path.name + ".tmp")
+    deadline = time.monotonic() + 300
+    # the event to interrupt: a write in progress, after at least one finished save
+    while not (temporary.exists() and load_checkpoint(path)["counter"] >= 1):
+        assert writer.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=30)
     state = load_checkpoint(path)
-    assert isinstance(state["counter"], int)
-    assert state["counter"] == -1 or state["weights"].numel() == 4_000_000
+    assert state["counter"] >= 1 and state["weights"].numel() == 4_000_000
 
 
 def test_non_finite_losses_skip_updates_then_stop(tmp_path, monkeypatch):
@@ -89,6 +94,26 @@ def test_non_finite_losses_skip_updates_then_stop(tmp_path, monkeypatch):
         trainer.train()
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, before[name]), f"{name} changed by a skipped update"
+
+
+def test_a_finite_loss_with_non_finite_gradients_stops_with_status_1_and_keeps_the_checkpoint(
+        tmp_path):
+    Trainer(small_config(tmp_path, "training.max_steps=5")).train()
+    good = (tmp_path / "last.pt").read_bytes()
+    trainer = Trainer(small_config(tmp_path, "training.max_steps=50", "training.max_bad_steps=3"),
+                      resume="auto")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    losses = []
+    trainer.on_update = lambda record: losses.append(record.loss)
+    next(trainer.model.parameters()).register_hook(lambda grad: grad * float("inf"))
+    with pytest.raises(TrainingStopped, match="3 updates in a row") as info:
+        trainer.train()
+    assert info.value.exit_code == 1
+    # two skipped updates reported, the third stops the run: all with finite losses
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name} changed by a skipped update"
+    assert (tmp_path / "last.pt").read_bytes() == good  # the last good checkpoint, untouched
 
 
 def test_one_bad_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):

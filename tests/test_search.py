@@ -304,3 +304,69 @@ def test_a_joined_memory_masks_its_padding_and_narrows_back(name):
     narrowed = joined.select(torch.tensor([1]), source_length=3)
     for got, want in zip(narrowed, short_memory):
         torch.testing.assert_close(got, want)
+
+
+# ------------------------------------------- independent references: hand-computed numbers
+def test_the_gnmt_length_penalty_by_hand():
+    # ((5 + |y|) / 6) ** alpha, computed by hand
+    assert length_penalty(1, 1.0) == pytest.approx(1.0)
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert length_penalty(7, 0.5) == pytest.approx(2.0 ** 0.5)
+    assert length_penalty(13, 0.6) == pytest.approx(3.0 ** 0.6)
+    assert length_penalty(25, 2.0) == pytest.approx(25.0)
+    assert length_penalty(4, 0.0) == 1.0
+
+
+A, B_ = 4, 5  # the two word ids of the hand-worked example (after pad, unk, bos, eos)
+
+
+class MarkovModel:
+    """A 'model' whose next-token probabilities depend only on the previous token."""
+
+    special = SPECIAL
+    training = False
+    PROBS = {SPECIAL.bos: {SPECIAL.eos: 0.1, A: 0.5, B_: 0.4},
+             A: {SPECIAL.eos: 0.2, A: 0.3, B_: 0.5},
+             B_: {SPECIAL.eos: 0.7, A: 0.2, B_: 0.1}}
+
+    class Rows:
+        def select(self, rows):
+            return self
+
+    def encode(self, src, src_lengths, rows_per_sentence=1):
+        return self.Rows(), self.Rows()
+
+    def step(self, prev, state, memory, rows_per_sentence=1):
+        log_probs = torch.full((prev.numel(), 6), float("-inf"))
+        for row, token in enumerate(prev.tolist()):
+            for nxt, p in self.PROBS[token].items():
+                log_probs[row, nxt] = torch.log(torch.tensor(p))
+        return log_probs, state, torch.zeros(prev.numel(), 1)
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+@pytest.mark.parametrize("alpha, n_best, expected", [
+    # step 1 keeps a (.5) and b (.4); step 2 ranks b·EOS .28, a·b .25, a·a .15, a·EOS .10:
+    # b·EOS is in the top 2, so [b] finishes with .28; step 3 (the limit) ranks a·b·EOS
+    # .175 first: [a, b] finishes with .175, and the sentence has its 2 hypotheses
+    (0.0, 2, [([B_], 0.28, 2), ([A, B_], 0.175, 3)]),
+    # with alpha 1 the scores are log p / ((5 + |y|) / 6): [b] -1.0911, [a, b] -1.3072
+    (1.0, 2, [([B_], 0.28, 2), ([A, B_], 0.175, 3)]),
+    (0.0, 1, [([B_], 0.28, 2)]),
+])
+def test_a_beam_search_worked_by_hand(alpha, n_best, expected):
+    src = torch.tensor([[7, SPECIAL.eos]])
+    [hyps] = beam_search(MarkovModel(), src, torch.tensor([2]), torch.tensor([3]), beam_size=2,
+                         alpha=alpha, n_best=n_best)
+    assert [h.tokens for h in hyps] == [tokens for tokens, _, _ in expected]
+    for hyp, (_, probability, length) in zip(hyps, expected):
+        log_prob = torch.log(torch.tensor(probability, dtype=torch.float64)).item()
+        assert hyp.log_prob == pytest.approx(log_prob, abs=1e-5)
+        assert hyp.score == pytest.approx(log_prob / ((5 + length) / 6) ** alpha, abs=1e-5)
+    if alpha == 1.0:
+        assert [round(h.score, 4) for h in hyps] == [-1.0911, -1.3072]
