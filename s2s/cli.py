@@ -270,7 +270,7 @@ def _translate_for_evaluation(args: argparse.Namespace) -> tuple[list[str], list
     workers = decoding_workers(translator.config.evaluation.workers if args.workers is None
                                else args.workers, translator.device)
     start = time.perf_counter()
-    results = translator.translate_nbest(sources, beam, 1, args.batch_size, workers=workers)
+    results = _translate_in_pieces(translator, sources, beam, args.batch_size, workers)
     seconds = time.perf_counter() - start
     hyps = [nbest[0][0] for nbest in results]
     tokens = sum(len(nbest[0][1].tokens) for nbest in results)
@@ -304,6 +304,26 @@ def _stdin_lines() -> list[str]:
         except UnicodeDecodeError:
             raise S2SError(f"standard input, line {number}: not valid UTF-8") from None
     return lines
+
+
+PIECE = 2000  # sentences decoded between two updates of evaluate.py's progress bar
+
+
+def _translate_in_pieces(translator: Translator, sources: list[str], beam: int,
+                         batch_size: Optional[int], workers: int) -> list:
+    """``translator.translate_nbest`` over ``sources``, :data:`PIECE` sentences at a time with a
+    progress bar on a terminal when there is more than one piece (the same hypotheses: search
+    decodes each sentence on its own)."""
+    from tqdm import tqdm
+
+    results: list = []
+    with tqdm(total=len(sources), unit="sent", file=sys.stderr, leave=False,
+              disable=len(sources) <= PIECE or not sys.stderr.isatty()) as bar:
+        for begin in range(0, len(sources), PIECE):
+            piece = sources[begin:begin + PIECE]
+            results += translator.translate_nbest(piece, beam, 1, batch_size, workers=workers)
+            bar.update(len(piece))
+    return results
 
 
 @reports_errors

@@ -179,3 +179,15 @@ def test_int8_without_quantize_dynamic_is_one_line(monkeypatch):
     monkeypatch.delattr(torch.ao.quantization, "quantize_dynamic")
     with pytest.raises(ConfigError, match=r"--int8 needs torch.ao.quantization.quantize_dynamic"):
         int8.quantize_int8(torch.nn.Linear(2, 2))
+
+
+def test_evaluate_decodes_long_sets_in_pieces_with_the_same_result(checkpoint, monkeypatch):
+    from s2s import cli
+
+    translator = s2s.Translator.load(checkpoint, device="cpu")
+    sources = ["a b c", "d e", "f g h i", "", "b a"] * 3
+    whole = cli._translate_in_pieces(translator, sources, 2, None, 1)
+    monkeypatch.setattr(cli, "PIECE", 4)
+    pieces = cli._translate_in_pieces(translator, sources, 2, None, 1)
+    assert [r[0][0] for r in pieces] == [r[0][0] for r in whole]
+    assert len(pieces) == len(sources)
