@@ -107,6 +107,24 @@ def test_score_functions_follow_their_equations():
     torch.testing.assert_close(w, torch.softmax(location.position_logits(query)[..., :S], -1))
 
 
+def test_multihead_follows_its_equation_head_by_head():
+    query, states, mask = inputs()
+    attention = make("multihead")  # 4 heads of size DQ / 4
+    context, weights = attention(query, *attention.precompute(states, states), mask)
+    d_h = DQ // 4
+    Wq, Wk, Wv, Wo = (attention.query_proj.weight.T, attention.key_proj.weight.T,
+                      attention.value_proj.weight.T, attention.out_proj.weight.T)
+    heads, head_weights = [], []
+    for i in range(4):  # head_i = softmax((s W_i^Q)(H W_i^K)^T / sqrt(d_h)) H W_i^V
+        part = slice(i * d_h, (i + 1) * d_h)
+        scores = (query @ Wq[:, part]) @ (states @ Wk[:, part]).transpose(1, 2) / d_h ** 0.5
+        alpha = torch.softmax(scores.masked_fill(~mask[:, None, :], float("-inf")), -1)
+        heads.append(alpha @ (states @ Wv[:, part]))
+        head_weights.append(alpha)
+    torch.testing.assert_close(context, torch.cat(heads, dim=-1) @ Wo)  # [head_1; ...] W^O
+    torch.testing.assert_close(weights, torch.stack(head_weights).mean(0))
+
+
 def test_location_attention_renormalizes_and_cannot_reach_past_its_maximum():
     attention = build_attention("location", DQ, DK, max_source_length=4)
     query = torch.randn(1, 2, DQ)
