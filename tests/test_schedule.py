@@ -62,3 +62,24 @@ def test_the_trainer_feeds_the_scheduled_ratio_update_by_update(tmp_path, monkey
     Trainer(config).train()
     expected = [1.0, 1.0, 0.9, 0.9, 0.8, 0.8, 0.7, 0.7, 0.6, 0.6]  # two batches an update
     assert seen == pytest.approx(expected)
+
+
+def test_warmup_inverse_sqrt_follows_its_formula_and_survives_resume(tmp_path):
+    def lrs(trainer):
+        seen = []
+        trainer.on_update = lambda record: seen.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.train()
+        return seen
+
+    options = ["training.scheduler.type=warmup_inverse_sqrt",
+               "training.scheduler.warmup_steps=4", "training.learning_rate=0.01",
+               "training.validate_every=100"]
+    straight = lrs(Trainer(small_config(tmp_path / "a", "training.max_steps=10", *options)))
+    # after update s (1-based) the rate set for the next one: lr · min((s + 1) / w,
+    # sqrt(w / (s + 1))), w = 4: rising to lr at s + 1 = w, then falling
+    expected = [0.01 * min((s + 1) / 4, math.sqrt(4 / (s + 1))) for s in range(1, 11)]
+    assert straight == pytest.approx(expected)
+    first = lrs(Trainer(small_config(tmp_path / "b", "training.max_steps=6", *options)))
+    second = lrs(Trainer(small_config(tmp_path / "b", "training.max_steps=10", *options),
+                         resume="auto"))
+    assert first + second == pytest.approx(straight)
