@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import random
 from pathlib import Path
 
 import pytest
 
 from s2s.data import corpus
+from s2s.data.batching import TokenBatchSampler
 from s2s.config import DataConfig, TokenizerConfig
 from s2s.data.corpus import (MIRROR_ENV, ParallelText, filter_pairs, find_side, multi30k_prefix,
                         read_lines, read_parallel)
@@ -439,3 +441,40 @@ def test_spm_model_needs_joint(tmp_path):
     with pytest.raises(ConfigError, match="data.tokenizer.model.*joint: true"):
         config_from_dict({"data": {"corpus": "toy", "tokenizer": {"model": "x.model",
                                                                   "joint": False}}})
+
+
+# ----------------------------------------------------------------- the batch sampler's promises
+def sampler_lengths(seed: int = 0, count: int = 300):
+    rng = random.Random(seed)
+    src = [rng.randint(1, 40) for _ in range(count)]
+    tgt = [rng.randint(1, 40) for _ in range(count)]
+    src[7], tgt[7] = 250, 3  # one pair longer than the budget allows with company
+    return src, tgt
+
+
+def test_every_pair_once_per_epoch_and_no_batch_over_the_budget():
+    src, tgt = sampler_lengths()
+    sampler = TokenBatchSampler(src, tgt, batch_tokens=200, seed=3)
+    for epoch in range(3):
+        batches = list(sampler)
+        assert sorted(i for batch in batches for i in batch) == list(range(len(src)))
+        for batch in batches:
+            cost = len(batch) * max(max(src[i], tgt[i]) + 1 for i in batch)
+            assert cost <= 200 or len(batch) == 1
+        assert [7] in batches  # the over-long pair alone
+    assert sampler.epoch == 3
+    assert TokenBatchSampler(src, tgt, 200, seed=3).batches_for_epoch(1) != \
+        TokenBatchSampler(src, tgt, 200, seed=3).batches_for_epoch(2)  # reshuffled per epoch
+
+
+def test_the_mid_epoch_state_restores_the_same_order():
+    src, tgt = sampler_lengths(seed=1)
+    straight = TokenBatchSampler(src, tgt, batch_tokens=300, seed=5)
+    reference = [batch for _ in range(2) for batch in straight]
+    interrupted = TokenBatchSampler(src, tgt, batch_tokens=300, seed=5)
+    iterator = iter(interrupted)
+    first = [next(iterator) for _ in range(4)]
+    resumed = TokenBatchSampler(src, tgt, batch_tokens=300, seed=0)
+    resumed.load_state_dict(interrupted.state_dict())
+    rest = list(resumed) + list(resumed)
+    assert first + rest[:len(reference) - 4] == reference
