@@ -135,3 +135,20 @@ def test_a_run_shorter_than_validate_every_still_writes_best_pt(tmp_path):
     best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
     assert best["step"] == last["step"] == 3 and best["scores"]["final"]
     assert trainer.state.best_score is None  # a longer run would not count it either
+
+
+@pytest.mark.parametrize("normalization", ["tokens", "sentences"])
+def test_accumulating_k_batches_is_one_k_times_larger_batch(tmp_path, normalization):
+    options = [f"training.normalization={normalization}", "model.decoder.dropout=0",
+               "model.decoder.hidden_dropout=0", "training.backend=plain"]
+    split_run = Trainer(small_config(tmp_path / "a", *options))
+    one_run = Trainer(small_config(tmp_path / "b", *options))
+    for trainer in (split_run, one_run):  # compare the gradients the update would apply
+        trainer.optimizer.step = lambda: None
+    first, second = split_run.sampler.batches_for_epoch(0)[:2]
+    loss_split, tokens_split = split_run._update([first, second])
+    loss_one, tokens_one = one_run._update([first + second])
+    assert tokens_split == tokens_one and loss_split == pytest.approx(loss_one, rel=1e-5)
+    for a, b in zip(split_run.model.parameters(), one_run.model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+        assert a.grad.abs().sum() > 0
