@@ -1,5 +1,7 @@
 """The fused output layer + cross-entropy against nn.functional's plain path."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,10 @@ def test_matches_linear_then_cross_entropy(vocab, smoothing, bias, kernel):
     assert not nll.requires_grad and not correct.requires_grad
     plain = [t.grad for t in (vectors, weight, offset) if t is not None]
     for got, want in zip(fused, plain):  # sums over 8,001 terms in another order
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        # relative to the gradient's own size (most entries of an 8,001-row weight's gradient
+        # are ~1e-4: an absolute 1e-4 would accept anything)
+        assert float((got - want).norm()) <= 1e-5 * float(want.norm())
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().mean()))
 
 
 def test_padding_columns_never_leak_into_the_loss(monkeypatch):
@@ -68,16 +73,18 @@ def test_the_loss_of_an_int8_model_is_close_to_its_float_one(backend):
     """An int8 output layer is no nn.Linear: the CPU backend's loss seam leaves it to the
     model's own cross-entropy."""
     from s2s.cpu.int8 import quantize_int8
-    from tests.conftest import random_batch, tiny_model
+    from tests.conftest import overfit, tiny_model
 
-    model = tiny_model("general", backend=backend).eval()
-    batch = random_batch(seed=4)
+    model = tiny_model("general", backend=backend)
+    batch, _ = overfit(model, updates=150)  # a trained model: far from uniform output
+    model.eval()
     with torch.no_grad():
         exact = model(batch)
         approximate = quantize_int8(model)(batch)
     assert approximate.tokens == exact.tokens
-    torch.testing.assert_close(approximate.loss, exact.loss, rtol=0.05, atol=0.05)
-    torch.testing.assert_close(approximate.nll, exact.nll, rtol=0.05, atol=0.05)
+    assert float(exact.nll) / exact.tokens < 0.25 * math.log(20)  # well below uniform
+    torch.testing.assert_close(approximate.nll, exact.nll, rtol=0.1, atol=0.02 * exact.tokens)
+    torch.testing.assert_close(approximate.loss, exact.loss, rtol=0.1, atol=0.02 * exact.tokens)
 
 
 @pytest.mark.parametrize("vocab", [37, 8001])

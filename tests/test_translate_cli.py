@@ -93,14 +93,20 @@ def test_plot_attention_shows_the_reversal_alignment(lonely_checkpoint, tmp_path
     assert peaks == [6, 5, 4, 3, 2, 1, 0]
 
 
-def test_beam_is_at_least_as_good_as_greedy_on_held_out_data(toy_run):
-    out, _ = toy_run
-    translator = load_translator(out / "best.pt", "cpu")
-    test = toy_splits(10)["test"]
-    greedy = translator.translate(test.src, beam_size=1)
-    beam = translator.translate(test.src, beam_size=5)
-    exact = lambda hyps: sum(h == r for h, r in zip(hyps, test.tgt))  # noqa: E731
-    assert exact(beam) >= exact(greedy) - 1
+def test_beam_finds_more_probable_translations_than_greedy():
+    """On a half-trained model (the committed pre-move Bahdanau checkpoint, about half its
+    held-out sentences right), where the two searches disagree: beam 5's hypotheses are never
+    less probable than greedy's beyond rounding but on a rare sentence, and more probable on
+    average and on many sentences."""
+    fixture = ROOT / "tests" / "fixtures" / "pre_move" / "bahdanau.pt"
+    translator = load_translator(fixture, "cpu")
+    sources = toy_splits(10)["test"].src[:200]
+    greedy = [n[0][1].log_prob for n in translator.translate_nbest(sources, 1, 1)]
+    beam = [n[0][1].log_prob for n in translator.translate_nbest(sources, 5, 1)]
+    better = sum(b > g + 1e-4 for b, g in zip(beam, greedy))
+    worse = sum(b < g - 1e-4 for b, g in zip(beam, greedy))
+    assert better >= 10 and worse <= 0.02 * len(sources)  # here: 20 better, none worse
+    assert sum(beam) > sum(greedy)
 
 
 def test_int8_decoding_keeps_the_toy_task_solved(lonely_checkpoint):
