@@ -137,7 +137,9 @@ def _download(url: str, target: Path) -> None:
                     bar.update(len(block))
     except (urllib.error.URLError, OSError, TimeoutError, HTTPException) as err:
         target.unlink(missing_ok=True)
-        raise DataError(f"cannot download {url} ({getattr(err, 'reason', err)}); without network "
+        reason = (f"HTTP {err.code}: {err.reason}" if isinstance(err, urllib.error.HTTPError)
+                  else getattr(err, "reason", err))
+        raise DataError(f"cannot download {url} ({reason}); without network "
                         f"access, set {MIRROR_ENV} to a directory or URL holding the Multi30k "
                         f"files") from None
 
