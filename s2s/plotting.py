@@ -88,23 +88,27 @@ def read_metrics(run: str | Path) -> list[dict]:
 
 def plot_curves(runs: Sequence[str | Path], path: str | Path,
                 labels: Sequence[str] | None = None) -> Path:
-    """Validation BLEU and loss of each run against updates and against wall time (minutes,
-    where the run recorded it): a 2 × 2 PNG, one line per run."""
+    """Validation BLEU and loss of each run against updates and, where the runs recorded it,
+    against wall time (minutes): a 2 × 2 PNG (2 × 1 when no run has times), one line per run."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
-    for run, label in zip(runs, labels or [Path(run).name for run in runs]):
-        records = read_metrics(run)
+    metrics = [read_metrics(run) for run in runs]
+    timed = any("elapsed" in r for records in metrics for r in records)
+    fig, axes = plt.subplots(2, 2 if timed else 1, figsize=(10 if timed else 6, 7),
+                             sharey="row", squeeze=False)
+    for records, label in zip(metrics, labels or [Path(run).name for run in runs]):
         steps = [r["step"] for r in records]
         minutes = [r.get("elapsed", float("nan")) / 60.0 for r in records]
         for row, key in enumerate(("bleu", "val_loss")):
             values = [r[key] for r in records]
             axes[row][0].plot(steps, values, marker=".", label=label)
-            axes[row][1].plot(minutes, values, marker=".", label=label)
+            if timed:
+                axes[row][1].plot(minutes, values, marker=".", label=label)
     for row, name in enumerate(("validation BLEU", "validation loss")):
         axes[row][0].set_ylabel(name)
     axes[1][0].set_xlabel("updates")
-    axes[1][1].set_xlabel("minutes of training")
-    axes[0][1].legend(fontsize=8)
+    if timed:
+        axes[1][1].set_xlabel("minutes of training")
+    axes[0][-1].legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     return _save(plt, fig, path)

@@ -191,3 +191,20 @@ def test_evaluate_decodes_long_sets_in_pieces_with_the_same_result(checkpoint, m
     pieces = cli._translate_in_pieces(translator, sources, 2, None, 1)
     assert [r[0][0] for r in pieces] == [r[0][0] for r in whole]
     assert len(pieces) == len(sources)
+
+
+def test_curves_of_runs_without_wall_times_have_only_the_update_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from s2s.plotting import plot_curves
+
+    run_dir = tmp_path / "old_run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "bleu": s / 10, "val_loss": 5 - s / 100}) + "\n"
+        for s in (100, 200, 300)), encoding="utf-8")
+    png = plot_curves([run_dir], tmp_path / "c.png")
+    from matplotlib.image import imread
+    height, width = imread(str(png)).shape[:2]
+    assert width < height  # one column of panels, not two
