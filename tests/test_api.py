@@ -208,3 +208,30 @@ def test_curves_of_runs_without_wall_times_have_only_the_update_panels(tmp_path)
     from matplotlib.image import imread
     height, width = imread(str(png)).shape[:2]
     assert width < height  # one column of panels, not two
+
+
+def test_evaluate_src_and_ref_score_the_translations_of_a_file(checkpoint, tmp_path):
+    import json
+
+    sources, references = tmp_path / "in.txt", tmp_path / "ref.txt"
+    sources.write_text("a b c\nd e\n", encoding="utf-8")
+    references.write_text("c b a\ne d\n", encoding="utf-8")
+    hyps = tmp_path / "hyps.txt"
+    result = run("evaluate.py", "--checkpoint", checkpoint, "--src", sources, "--ref",
+                 references, "--beam", "2", "--json", "--output", hyps)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout.splitlines()[-1])
+    assert scores["sentences"] == 2 and scores["scored"] == f"{sources} against {references}"
+    translator = s2s.Translator.load(checkpoint, device="cpu")
+    expected = translator.translate(["a b c", "d e"], beam_size=2)
+    assert hyps.read_text(encoding="utf-8").splitlines() == expected
+    assert_user_error(run("evaluate.py", "--checkpoint", checkpoint, "--src", sources),
+                      "--src needs --ref")
+
+
+def test_invalid_utf8_on_translate_s_standard_input_names_the_line(checkpoint):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "translate.py"),
+                             "--checkpoint", str(checkpoint)], cwd=ROOT,
+                            input=b"a b\n\xff\xfe c\n", capture_output=True, timeout=300)
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().strip() == "error: standard input, line 2: not valid UTF-8"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -170,3 +171,25 @@ def test_a_failing_overwrite_loses_no_file(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert (tmp_path / "last.pt").read_bytes() == before
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_a_second_signal_while_saving_is_ignored(tmp_path, monkeypatch):
+    """A real SIGINT asks for a save; a second one arriving during that save is ignored (no
+    KeyboardInterrupt tearing the write, one last.pt at the step of the first)."""
+    trainer = Trainer(small_config(tmp_path, "training.max_steps=100"))
+    original = trainer.save
+    saves = []
+
+    def save_interrupted_again(name, scores=None):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, in the middle of the save
+        time.sleep(0.05)  # let the handler run here
+        saves.append(name)
+        return original(name, scores)
+
+    monkeypatch.setattr(trainer, "save", save_interrupted_again)
+    trainer.on_update = lambda record: (os.kill(os.getpid(), signal.SIGINT)
+                                        if record.step == 3 else None)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train()
+    assert info.value.exit_code == 128 + signal.SIGINT
+    assert saves == ["last.pt"] and load_checkpoint(tmp_path / "last.pt")["step"] == 3
