@@ -83,3 +83,38 @@ def test_warmup_inverse_sqrt_follows_its_formula_and_survives_resume(tmp_path):
     second = lrs(Trainer(small_config(tmp_path / "b", "training.max_steps=10", *options),
                          resume="auto"))
     assert first + second == pytest.approx(straight)
+
+
+def validation(trainer: Trainer, bleu: float, final: bool = False) -> float:
+    """Feed one validation with this BLEU through the trainer's bookkeeping; the new lr."""
+    trainer.state.step += 1
+    scores = {"step": trainer.state.step, "epoch": 1, "val_loss": 1.0, "ppl": 2.7,
+              "bleu": bleu, "exact_match": 0.0, "lr": trainer.optimizer.param_groups[0]["lr"]}
+    trainer._after_validation(scores, record_only=final)
+    return trainer.optimizer.param_groups[0]["lr"]
+
+
+def test_the_plateau_scheduler_halves_after_patience_and_a_final_validation_counts_nothing(
+        tmp_path):
+    options = ["training.scheduler.type=plateau", "training.scheduler.patience=1",
+               "training.scheduler.factor=0.5", "training.learning_rate=0.01",
+               "training.early_stopping.metric=bleu", "training.early_stopping.patience=10"]
+    trainer = Trainer(small_config(tmp_path / "a", *options))
+    # best 10; then 9 (1 bad: within patience 1), 8 (2 bad > 1: halve), 20 (better), 5, 5
+    lrs = [validation(trainer, bleu) for bleu in (10, 9, 8, 20, 5)]
+    assert lrs == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.005])
+    state = (trainer.state.best_score, trainer.state.bad_validations,
+             trainer.scheduler.state_dict()["num_bad_epochs"])
+    assert validation(trainer, 1, final=True) == pytest.approx(0.005)  # a closing validation
+    assert (trainer.state.best_score, trainer.state.bad_validations,
+            trainer.scheduler.state_dict()["num_bad_epochs"]) == state == (20, 1, 1)
+    assert validation(trainer, 5) == pytest.approx(0.0025)  # the second bad one after 20
+
+    # the same, split: resumed after the closing validation, it goes on exactly
+    first = Trainer(small_config(tmp_path / "b", *options))
+    for bleu in (10, 9, 8, 20, 5):
+        validation(first, bleu)
+    validation(first, 1, final=True)
+    resumed = Trainer(small_config(tmp_path / "b", *options), resume="auto")
+    assert (resumed.state.best_score, resumed.state.bad_validations) == (20, 1)
+    assert validation(resumed, 5) == pytest.approx(0.0025)
