@@ -161,27 +161,13 @@ class Trainer:
         for orphan in remove_orphans(self.output_dir) if main else []:
             log.info("removed %s, left by an interrupted write", orphan)
         self.precision = Precision(self.cfg.precision, self.device)
-        self.backend = select_backend(backend or self.cfg.backend, self.device)
-        if self.cfg.precision != "fp32" and self.backend.name != "plain":
-            log.info("%s training runs the plain model (the CPU backend's kernels are float32)",
-                     self.cfg.precision)
-            self.backend = select_backend("plain", self.device)
+        self.backend = self._choose_backend(backend)
         self.on_update = on_update
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        configured = configured_vocab(config.data.tokenizer)
-        if configured and not checkpoint:  # before the data: the tokenizers' sizes at most
-            self._check_footprint(None, configured)
-        tokenizers = (Tokenizers.from_checkpoint(checkpoint["tokenizers"])
-                      if checkpoint else None)
-        if not main:
-            self.world.decided(True)  # wait for rank 0 to train (and cache) the tokenizer
-        self.data: Dataset = load_dataset(config.data, self.output_dir / "tokenizer",
-                                          tokenizers, ("train", "valid"))
-        if main:
-            self.world.decided(True)
+        self.data: Dataset = self._load_data(checkpoint)
         self.train_split = self.data.splits["train"]
         self.valid_split = self.data.splits.get("valid")
         self._check_footprint(checkpoint)
@@ -244,6 +230,33 @@ class Trainer:
                                   f"a resumed run must keep the data, the model, the optimizer, "
                                   f"the scheduler type and the early stopping metric")
         return checkpoint
+
+    def _choose_backend(self, name: Optional[str]) -> Any:
+        """The backend asked for; half precision runs the plain model (the CPU backend's
+        kernels are float32)."""
+        backend = select_backend(name or self.cfg.backend, self.device)
+        if self.cfg.precision != "fp32" and backend.name != "plain":
+            log.info("%s training runs the plain model (the CPU backend's kernels are float32)",
+                     self.cfg.precision)
+            backend = select_backend("plain", self.device)
+        return backend
+
+    def _load_data(self, checkpoint: Optional[dict[str, Any]]) -> Dataset:
+        """The training and validation splits, with the checkpoint's tokenizers when resuming
+        (a model too big for the machine is refused first, when the config bounds the
+        vocabulary); in a distributed run rank 0 trains and caches the tokenizer first."""
+        configured = configured_vocab(self.config.data.tokenizer)
+        if configured and not checkpoint:
+            self._check_footprint(None, configured)
+        tokenizers = (Tokenizers.from_checkpoint(checkpoint["tokenizers"])
+                      if checkpoint else None)
+        if not self.world.is_main:
+            self.world.decided(True)  # wait for rank 0's tokenizer
+        data = load_dataset(self.config.data, self.output_dir / "tokenizer", tokenizers,
+                            ("train", "valid"))
+        if self.world.is_main:
+            self.world.decided(True)
+        return data
 
     def _check_footprint(self, checkpoint: Optional[dict[str, Any]],
                          vocab: Optional[tuple[int, int]] = None) -> None:
