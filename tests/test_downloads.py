@@ -80,3 +80,32 @@ def test_no_network_is_one_line_naming_the_mirror_variable(tmp_path, monkeypatch
     assert str(info.value).startswith(f"cannot download http://127.0.0.1:9/{NAME} (")
     assert f"without network access, set {corpus.MIRROR_ENV}" in str(info.value)
     assert not list((tmp_path / "data").iterdir())
+
+
+class Truncating(http.server.BaseHTTPRequestHandler):
+    """Promises 100,000 bytes, sends 10 and hangs up: the download fails mid-file."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_download_cut_short_removes_its_part_file(tmp_path, monkeypatch):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        monkeypatch.setenv(corpus.MIRROR_ENV, url)
+        with pytest.raises(DataError, match=f"cannot download {url}/{NAME}"):
+            corpus.fetch_multi30k_file(NAME, tmp_path / "data")
+        assert not list((tmp_path / "data").iterdir())  # no val.de.gz.part left
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -132,9 +132,14 @@ def _download(url: str, target: Path) -> None:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name,
                       leave=False) as bar:
+                received = 0
                 for block in iter(lambda: response.read(1 << 16), b""):
                     out.write(block)
+                    received += len(block)
                     bar.update(len(block))
+            if total and received < total:  # urllib returns a cut-off body without complaint
+                raise HTTPException(f"the connection closed after {received:,} of "
+                                    f"{total:,} bytes")
     except (urllib.error.URLError, OSError, TimeoutError, HTTPException) as err:
         target.unlink(missing_ok=True)
         reason = (f"HTTP {err.code}: {err.reason}" if isinstance(err, urllib.error.HTTPError)
