@@ -235,3 +235,12 @@ def test_invalid_utf8_on_translate_s_standard_input_names_the_line(checkpoint):
                             input=b"a b\n\xff\xfe c\n", capture_output=True, timeout=300)
     assert result.returncode == 2 and b"Traceback" not in result.stderr
     assert result.stderr.decode().strip() == "error: standard input, line 2: not valid UTF-8"
+
+
+def test_int8_on_cuda_is_refused_before_the_device_is_looked_for():
+    from s2s.errors import ConfigError
+    from s2s.inference import decoding_device
+
+    with pytest.raises(ConfigError, match="^int8 decoding runs on the CPU only; add --device cpu$"):
+        decoding_device("cuda", int8=True)  # with or without a GPU here
+    assert decoding_device("auto", int8=True).type == "cpu"
