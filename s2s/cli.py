@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from s2s.data.corpus import MULTI30K_TEST_SETS
 from s2s.errors import ConfigError, S2SError, output_problem, writing
@@ -181,8 +181,8 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     from s2s.data.corpus import read_lines
     from s2s.metrics import bleu, bleu_lc_tok, chrf, exact_match
 
-    if args.output and output_problem(args.output):  # before the decoding, not after it
-        raise S2SError(f"--output '{args.output}' {output_problem(args.output)}")
+    if args.output:  # before the decoding, not after it
+        _check_output(args.output)
     if args.hyp:
         if not args.ref:
             raise S2SError("--hyp needs --ref: the references to score against")
@@ -286,7 +286,7 @@ def _score_translations(translator: Translator, args: argparse.Namespace) -> int
     from s2s.data.corpus import read_lines
 
     sources = (read_lines(args.input, allow_empty=True) if args.input
-               else _stdin_lines())
+               else list(_stdin_lines()))
     targets = read_lines(args.score, allow_empty=True)
     if len(sources) != len(targets):
         raise S2SError(f"{len(sources)} input lines but '{args.score}' has {len(targets)}; "
@@ -296,14 +296,20 @@ def _score_translations(translator: Translator, args: argparse.Namespace) -> int
     return 0
 
 
-def _stdin_lines() -> list[str]:
-    lines = []
+def _stdin_lines() -> Iterator[str]:
+    """Standard input's lines as they arrive, decoded; invalid UTF-8 names its line."""
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:
-            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+            yield raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             raise S2SError(f"standard input, line {number}: not valid UTF-8") from None
-    return lines
+
+
+def _check_output(path: str, flag: str = "--output") -> None:
+    """Refuse an output path that cannot be written, before the work whose result goes there."""
+    problem = output_problem(path)
+    if problem:
+        raise S2SError(f"{flag} '{path}' {problem}")
 
 
 PIECE = 2000  # sentences decoded between two updates of evaluate.py's progress bar
@@ -337,8 +343,7 @@ def average_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from s2s.train.checkpoint import average_checkpoints, save_checkpoint
 
-    if output_problem(args.output):
-        raise S2SError(f"--output '{args.output}' {output_problem(args.output)}")
+    _check_output(args.output)
     save_checkpoint(average_checkpoints(args.checkpoints), args.output)
     print(f"averaged {len(args.checkpoints)} checkpoints into {args.output}")
     return 0
@@ -398,11 +403,8 @@ def translate_main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     interactive = sys.stdin.isatty()
     chunk: list[str] = []
-    for number, raw in enumerate(sys.stdin.buffer, start=1):
-        try:
-            chunk.append(raw.decode("utf-8").rstrip("\r\n"))
-        except UnicodeDecodeError:
-            raise S2SError(f"standard input, line {number}: not valid UTF-8") from None
+    for line in _stdin_lines():
+        chunk.append(line)
         if interactive or len(chunk) >= (args.batch_size or 64):
             emit(chunk)
             chunk = []
@@ -425,8 +427,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from s2s.train.checkpoint import export_checkpoint, save_checkpoint
 
-    if output_problem(args.output):
-        raise S2SError(f"output '{args.output}' {output_problem(args.output)}")
+    _check_output(args.output, "output")
     save_checkpoint(export_checkpoint(args.checkpoint, args.fp16), args.output)
     before, after = Path(args.checkpoint).stat().st_size, Path(args.output).stat().st_size
     print(f"wrote {args.output}: {after / 2**20:.1f} MB ({before / 2**20:.1f} MB before)")
@@ -450,8 +451,7 @@ def plot_main(argv: Optional[Sequence[str]] = None) -> int:
     curves.add_argument("--output", default="curves.png", help="PNG file to write")
     args = parser.parse_args(argv)
 
-    if output_problem(args.output):
-        raise S2SError(f"--output '{args.output}' {output_problem(args.output)}")
+    _check_output(args.output)
     if args.command == "curves":
         from s2s.plotting import plot_curves
 

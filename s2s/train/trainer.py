@@ -357,9 +357,10 @@ class Trainer:
         # a process left without a batch (the last update of a run) joins the gradient
         # all-reduce with a zero-weighted one
         weight = float(self.world.size) if share else 0.0
-        for number, indices in enumerate(share or group[:1], start=1):
+        batches = share or group[:1]
+        for number, indices in enumerate(batches, start=1):
             batch = self._collate(indices, split)
-            with self.world.no_sync(self.trained, last=number == len(share or group[:1])):
+            with self.world.no_sync(self.trained, last=number == len(batches)):
                 with self.precision.autocast():
                     out = self.trained(batch, teacher_forcing, self.cfg.label_smoothing)
                 self.precision.backward(out.loss * (weight / denominator))
