@@ -39,6 +39,24 @@ def test_training_runs_the_plain_model_on_the_gpu(cuda_run):
     assert (cuda_run / "metrics.jsonl").read_text().strip()
 
 
+def test_the_optimizer_step_on_the_gpu_never_waits_for_the_host(tmp_path):
+    """Clipping, the non-finite check, the skip decision and the fused Adam step stay on the
+    GPU: CUDA's sync debug mode turns any device-to-host wait into an error. (The forward pass
+    is left out: torch's packed sequences copy their sort order to the GPU, a wait of torch's.)"""
+    trainer = Trainer(small_config(tmp_path, "training.device=cuda", "training.max_steps=3"))
+    assert trainer.sync_free
+    batches = trainer._batches()
+    trainer._update([next(batches)])  # the first creates the optimizer's state
+    loss, _ = trainer._accumulate_gradients([next(batches)])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer._apply_gradients(loss)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer._bad_run.device.type == "cuda" and int(trainer._bad_run) == 0
+
+
 def test_beam_1_equals_greedy_on_the_gpu(cuda_run):
     translator = load_translator(cuda_run / "best.pt", "cuda")
     assert translator.device.type == "cuda" and translator.search_model is translator.model

@@ -1,10 +1,12 @@
 """Data-parallel training through torchrun (gloo on the CPU): N processes over an update's
 N × k batches equal one process accumulating them, checkpoints are written once, and a run
-resumes with another number of processes."""
+resumes with another number of processes; a signal to any one process stops them all with one
+saved checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +67,51 @@ def test_a_run_resumes_with_another_number_of_processes(tmp_path, first, then):
     assert_same_weights(tmp_path / "split", tmp_path / "straight")
     state = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert state["step"] == 8
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    """The process id of ``rank`` among torchrun's workers (read from their environment)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+    for pid in children.read_text().split() if children.exists() else []:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_a_signal_to_one_rank_saves_once_and_stops_every_rank(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    overrides = [f"--set={o}" for o in [*SMALL, f"training.output_dir={out}",
+                                         "training.max_steps=100000",
+                                         "training.validate_every=100000"]]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", "--config", "configs/toy.yaml", *overrides],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = out / "train.log"
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and "step 3 " in log.read_text(encoding="utf-8")):
+            assert launcher.poll() is None and time.monotonic() < deadline, "no training"
+            time.sleep(0.2)
+        os.kill(rank_pid(launcher, 1), signal.SIGTERM)  # the rank that writes nothing
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    # rank 0 alone says it (torchrun then reports the workers' exit status its own way)
+    stopped = [line for line in stderr.splitlines() if "interrupted by SIGTERM at step" in line]
+    assert len(stopped) == 1, stderr[-3000:]
+    step = int(stopped[0].split("at step ")[1].split(";")[0])
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == step
+    resumed = train(out, 1, "training.max_steps=" + str(step + 2), resume=True)
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == step + 2
+    assert "resumed from step" in (out / "train.log").read_text(encoding="utf-8")
+    assert resumed.returncode == 0

@@ -24,7 +24,10 @@ class Batch:
 
     src ``[B, S]``: source ids + EOS; src_lengths ``[B]`` (CPU); tgt_in ``[B, T]``: BOS + target;
     tgt_out ``[B, T]``: target + EOS; tgt_mask ``[B, T]``: True on real target positions;
-    indices: each row's position in the dataset. Target fields are None for inference.
+    indices: each row's position in the dataset; tgt_positions ``[N]``: the real target
+    positions as indices into the flattened ``[B·T]``, found on the CPU when the batch is made
+    (selecting by them needs no device-to-host copy on a GPU, a boolean mask would). Target
+    fields are None for inference.
     """
 
     src: Tensor
@@ -33,6 +36,7 @@ class Batch:
     tgt_out: Optional[Tensor]
     tgt_mask: Optional[Tensor]
     indices: list[int]
+    tgt_positions: Optional[Tensor] = None
 
     @property
     def size(self) -> int:
@@ -40,7 +44,7 @@ class Batch:
 
     @property
     def n_tgt_tokens(self) -> int:
-        return int(self.tgt_mask.sum()) if self.tgt_mask is not None else 0
+        return self.tgt_positions.numel() if self.tgt_positions is not None else 0
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch's tensors on ``device``; to a GPU from pinned memory, without waiting."""
@@ -48,7 +52,7 @@ class Batch:
         move = (lambda t: (t.pin_memory() if pin else t).to(device, non_blocking=True)
                 if t is not None else None)
         return Batch(move(self.src), self.src_lengths, move(self.tgt_in), move(self.tgt_out),
-                     move(self.tgt_mask), self.indices)
+                     move(self.tgt_mask), self.indices, move(self.tgt_positions))
 
 
 def _pad(rows: Sequence[Sequence[int]], prefix: list[int], suffix: list[int]) -> Tensor:
@@ -69,7 +73,9 @@ def collate(src: Sequence[Sequence[int]], tgt: Optional[Sequence[Sequence[int]]]
         return Batch(src_tensor, src_lengths, None, None, None, indices)
     tgt_in = _pad(tgt, [SPECIAL.bos], [])
     tgt_out = _pad(tgt, [], [SPECIAL.eos])
-    return Batch(src_tensor, src_lengths, tgt_in, tgt_out, tgt_out != SPECIAL.pad, indices)
+    tgt_mask = tgt_out != SPECIAL.pad
+    return Batch(src_tensor, src_lengths, tgt_in, tgt_out, tgt_mask, indices,
+                 tgt_mask.flatten().nonzero().squeeze(1))
 
 
 class TokenBatchSampler:

@@ -101,9 +101,9 @@ class Seq2Seq(nn.Module):
             tgt_in = drop_words(tgt_in, self.word_dropout[1], self.special)
         memory, state = self.encode(src, batch.src_lengths)
         vectors, _ = self.decoder(tgt_in, state, memory, teacher_forcing_ratio)
-        real = batch.tgt_mask
-        gold = batch.tgt_out[real]                                      # [N]
-        vectors = self.decoder.hidden_dropout(vectors[real])            # [N, A]
+        real = batch.tgt_positions                       # [N] indices into the flattened [B·T]
+        gold = batch.tgt_out.flatten()[real]                                  # [N]
+        vectors = self.decoder.hidden_dropout(vectors.flatten(0, 1)[real])    # [N, A]
         loss, nll, correct = self.output_loss(vectors, self.decoder.output, gold, label_smoothing)
         return LossOutput(loss, nll, int(gold.numel()), correct)
 

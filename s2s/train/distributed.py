@@ -56,6 +56,14 @@ class World:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tuple(bool(value) for value in tensor.tolist())
 
+    def any_on_device(self, flag: torch.Tensor) -> torch.Tensor:
+        """A 0-d bool tensor, true where ``flag`` is true in any process; not read on the host."""
+        if not self.active:
+            return flag
+        reduced = flag.to(torch.int32)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+        return reduced.bool()
+
     def sum(self, *values: float) -> tuple[float, ...]:
         """Each value summed over the processes."""
         if not self.active:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from s2s.backend import resolve_device, select_backend
 from s2s.config import Config, config_from_dict, save_config
@@ -189,6 +189,12 @@ class Trainer:
                       if self.cfg.tensorboard and main else None)
         if checkpoint:
             self._restore(checkpoint)
+        # on CUDA an update reads nothing back on the host (see _step_on_device): the GPU never
+        # waits for the Python side; on the CPU reading is free and the log names each skip
+        self.sync_free = self.device.type == "cuda"
+        self._bad_run = torch.tensor(self.state.bad_steps, device=self.device)
+        self._worst_run = self._bad_run.clone()
+        self._skipped = torch.zeros_like(self._bad_run)
         if self.world.rank:  # dropout masks of their own in the other processes
             torch.manual_seed(self.cfg.seed + 1_000_003 * self.world.rank + self.state.step)
         if main:
@@ -339,11 +345,37 @@ class Trainer:
                        indices).to(self.device)
 
     # ------------------------------------------------------------------------------ update
-    def _update(self, group: list[list[int]]) -> tuple[float, int]:
+    def _update(self, group: list[list[int]]) -> tuple[Any, int]:
         """One optimizer update over ``group`` (accumulated batches); returns (summed loss,
-        real target tokens). Non-finite losses skip the update."""
+        real target tokens). Non-finite losses or gradients skip the update.
+
+        The loss is a float, or with :attr:`sync_free` a 0-d tensor on the device: the skip is
+        then decided on the device too and nothing is read back until the next log line."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        loss, tokens = self._accumulate_gradients(group)
+        self._apply_gradients(loss)
+        return (loss if self.sync_free else float(loss)), tokens
+
+    def _apply_gradients(self, loss: Tensor) -> None:
+        """Unscale (fp16), clip, and step the optimizer and the warmup schedule; skipped where
+        ``loss`` or the gradient norm is not finite."""
+        self.precision.unscale(self.optimizer)
+        # max_norm=inf measures without clipping, to catch non-finite gradients
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(),
+                                        self.cfg.clip_grad_norm or float("inf"))
+        bad_loss, bad_gradient = ~torch.isfinite(loss), ~torch.isfinite(norm)
+        if self.sync_free:
+            self._step_on_device(bad_loss, bad_gradient)
+        else:
+            self._step_on_host(*self.world.any(bool(bad_loss), bool(bad_gradient)))
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.step()  # counts updates taken or skipped, like state.step
+        self._grad_norm = norm  # a tensor: read (a host sync) only when logged
+
+    def _accumulate_gradients(self, group: list[list[int]]) -> tuple[Tensor, int]:
+        """Forward and backward over this process's share of ``group``: (summed loss as a
+        float64 tensor on the device, real target tokens)."""
         # the summed loss of the whole group is divided once, by the group's tokens (or
         # sentences), so accumulating k batches equals one k-times-larger batch
         # (in a distributed run: the group of every process, of which this one trains its
@@ -351,7 +383,8 @@ class Trainer:
         split = self.train_split
         denominator = (sum(len(split.tgt_ids[i]) + 1 for b in group for i in b)
                        if self.cfg.normalization == "tokens" else sum(len(b) for b in group))
-        total_loss, total_tokens, finite = 0.0, 0, True
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        total_tokens = 0
         teacher_forcing = teacher_forcing_ratio(self.cfg, self.state.step)
         share = self.world.share(group)
         # a process left without a batch (the last update of a run) joins the gradient
@@ -364,37 +397,71 @@ class Trainer:
                 with self.precision.autocast():
                     out = self.trained(batch, teacher_forcing, self.cfg.label_smoothing)
                 self.precision.backward(out.loss * (weight / denominator))
-            loss_value = float(out.loss.detach()) if weight else 0.0
-            finite = finite and math.isfinite(loss_value)
-            total_loss += loss_value
-            total_tokens += out.tokens if weight else 0
-        finite = not self.world.any(not finite)[0]
-        self.precision.unscale(self.optimizer)
-        overflow = False
-        if finite:  # max_norm=inf measures without clipping, to catch non-finite gradients
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(),
-                                            self.cfg.clip_grad_norm or float("inf"))
-            self._grad_norm = norm  # a tensor: read (a host sync) only when logged
-            finite = bool(torch.isfinite(norm))
-            overflow = not finite and self.precision.scaler is not None
-        self.precision.step(self.optimizer, finite)
-        if finite:
+            if weight:
+                total_loss += out.loss.detach()
+                total_tokens += out.tokens
+        return total_loss, total_tokens
+
+    def _step_on_host(self, bad_loss: bool, bad_gradient: bool) -> None:
+        """The optimizer step unless the loss or the gradient is non-finite; a skipped update
+        is logged and counted (unless fp16 gradients overflowed: the scaler's business)."""
+        bad = bad_loss or bad_gradient
+        overflow = not bad_loss and bad_gradient and self.precision.scaler is not None
+        self.precision.step(self.optimizer, not bad)
+        if not bad:
             self.state.bad_steps = 0
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
-            self.scheduler.step()  # counts updates taken or skipped, like state.step
-        if overflow:  # the fp16 scaler's own business: it lowered the scale
+        elif overflow:  # the fp16 scaler's own business: it lowered the scale
             log.info("step %d: fp16 gradients overflowed, update skipped, loss scale now %g",
                      self.state.step + 1, self.precision.scaler.get_scale())
-        elif not finite:
+        else:
             self.state.bad_steps += 1
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
                         self.state.step + 1, self.state.bad_steps)
-            if self.state.bad_steps >= self.cfg.max_bad_steps:
-                raise TrainingStopped(self._for_main(
-                    f"training stopped: {self.state.bad_steps} updates in a row had a "
-                    f"non-finite loss; the last good checkpoint is in '{self.output_dir}'. Lower "
-                    f"training.learning_rate or check the data"))
-        return total_loss, total_tokens
+            self._stop_if_too_many_bad(self.state.bad_steps)
+
+    def _step_on_device(self, bad_loss: Tensor, bad_gradient: Tensor) -> None:
+        """The optimizer step without reading the flags on the host: the fused optimizer takes
+        them as its ``found_inf`` input (as under a gradient scaler) and leaves the weights and
+        its state alone where one is set; the skipped updates are counted on the device and
+        read by :meth:`_read_skipped` when the loss is logged. Under fp16 the scaler finds
+        overflowing gradients itself (such a skip is not a bad update; a non-finite loss is)."""
+        bad_loss = self.world.any_on_device(bad_loss)
+        if self.precision.scaler is not None:
+            self.precision.step(self.optimizer, True)
+            bad = bad_loss
+        else:
+            bad = bad_loss | self.world.any_on_device(bad_gradient)
+            self.optimizer.found_inf = bad.float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        self._bad_run = (self._bad_run + 1) * bad
+        self._worst_run = torch.maximum(self._worst_run, self._bad_run)
+        self._skipped += bad
+
+    def _read_skipped(self) -> None:
+        """With :attr:`sync_free`: the skipped updates since the last call, read now (one host
+        sync): logged, and the run stopped after ``max_bad_steps`` in a row."""
+        if not self.sync_free:
+            return
+        skipped, worst, run = (int(v) for v in torch.stack(
+            [self._skipped, self._worst_run, self._bad_run]).tolist())
+        self._skipped.zero_()
+        self._worst_run.copy_(self._bad_run)
+        self.state.bad_steps = run
+        if skipped:
+            log.warning("step %d: skipped %d of the updates since the last log line "
+                        "(non-finite loss or gradient; %d in a row at most)", self.state.step,
+                        skipped, worst)
+        self._stop_if_too_many_bad(worst)
+
+    def _stop_if_too_many_bad(self, in_a_row: int) -> None:
+        if in_a_row >= self.cfg.max_bad_steps:
+            raise TrainingStopped(self._for_main(
+                f"training stopped: {in_a_row} updates in a row had a non-finite loss; the last "
+                f"good checkpoint is in '{self.output_dir}'. Lower training.learning_rate or "
+                f"check the data"))
 
     # -------------------------------------------------------------------------- validation
     @torch.no_grad()
@@ -615,7 +682,8 @@ class Trainer:
             self.state.step += 1
             self.state.elapsed = elapsed_before + time.perf_counter() - run_start
             if self.on_update is not None:
-                self.on_update(UpdateRecord(self.state.step, loss, tokens, time.perf_counter()))
+                self.on_update(UpdateRecord(self.state.step, float(loss), tokens,
+                                            time.perf_counter()))
             if self.state.step == first_step + PACE_UPDATES:
                 self._log_pace(budget, time.perf_counter() - run_start)
             window_tokens += tokens
@@ -623,8 +691,13 @@ class Trainer:
             window_loss += loss
             elapsed = time.perf_counter() - window_start
             interrupted, done = self.world.any(self._interrupted is not None, self._done())
-            if self.state.step % self.cfg.log_every == 0 or done:
-                window_loss, window_tokens = self.world.sum(window_loss, window_tokens)
+            validating = (self.state.step % self.cfg.validate_every == 0
+                          and self.valid_split is not None)
+            logging_now = self.state.step % self.cfg.log_every == 0 or done
+            if logging_now or validating or interrupted:
+                self._read_skipped()
+            if logging_now:
+                window_loss, window_tokens = self.world.sum(float(window_loss), window_tokens)
                 rate = window_tokens / max(elapsed, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{window_loss / max(window_tokens, 1):.3f}",
@@ -638,7 +711,7 @@ class Trainer:
                              window_loss / max(window_tokens, 1), rate, lr)
                 window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
             bar.update(1)
-            if self.state.step % self.cfg.validate_every == 0 and self.valid_split is not None:
+            if validating:
                 stop = False
                 if self.world.is_main:  # the others wait for its decision
                     last_scores = self.validate()
@@ -656,6 +729,7 @@ class Trainer:
                     f"{self.output_dir / 'config.yaml'} --resume auto"),
                     exit_code=128 + cause.value)
         bar.close()
+        self._read_skipped()
         self.state.finished = True
         closing = self.valid_split is not None and self.state.validated_step != self.state.step
         if self.world.decided(closing):  # rank 0 validates; the others wait for it
