@@ -42,10 +42,6 @@ class Batch:
     def size(self) -> int:
         return self.src.size(0)
 
-    @property
-    def n_tgt_tokens(self) -> int:
-        return self.tgt_positions.numel() if self.tgt_positions is not None else 0
-
     def to(self, device: torch.device | str) -> "Batch":
         """The batch's tensors on ``device``; to a GPU from pinned memory, without waiting."""
         pin = torch.device(device).type == "cuda"
