@@ -31,7 +31,9 @@ def bleu_lc_tok(hypotheses: Sequence[str], references: Sequence[str], lang: str)
     preprocessing: sacremoses with its defaults reproduces the published ``*.lc.norm.tok.*``
     files), then corpus BLEU over those tokens with no further tokenization."""
     prepare = multi30k_preprocessor(lang)
-    metric = sacrebleu.BLEU(tokenize="none", lowercase=True)  # lowercase: for the signature
+    # lowercase: for the signature; force: the text is tokenized on purpose, so sacrebleu's
+    # "forgot to detokenize" warning would only mislead the user
+    metric = sacrebleu.BLEU(tokenize="none", lowercase=True, force=True)
     result = metric.corpus_score([prepare(h) for h in hypotheses],
                                  [[prepare(r) for r in references]])
     signature = f"{metric.get_signature()}|pre:lc+moses-norm+moses-tok.{lang}"

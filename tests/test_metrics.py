@@ -42,6 +42,16 @@ def test_references_scored_against_themselves_are_perfect(lang):
     assert chrf(references, references).score == pytest.approx(100.0)
 
 
+def test_lowercased_tokenized_bleu_warns_of_nothing(capsys, caplog):
+    """Tokenized text is what this BLEU scores, so sacrebleu's warning about "tokenized periods"
+    (printed once 100 lines end in " .") must not reach the user's terminal."""
+    lines = [f"A man number {i} walks." for i in range(120)]
+    assert bleu_lc_tok(lines, lines, "en").score == pytest.approx(100.0)
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""
+    assert not caplog.records
+
+
 def test_exact_match_and_perplexity():
     assert exact_match(["a b", "c "], ["a b", "d"]) == 50.0
     assert perplexity(2 * math.log(3.0), 2) == pytest.approx(3.0)
